@@ -1,0 +1,32 @@
+"""Shared fixtures. chDB allows one open store path per process, so every fixture that opens one
+closes it again; tests that need a second store at the same time run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flowscope.storage import connect
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def chdb_dsn(tmp_path: Path) -> str:
+    return f"chdb://{tmp_path / 'chdb'}"
+
+
+@pytest.fixture
+def chdb(chdb_dsn: str):
+    """A client on a fresh, empty embedded store (closed after the test)."""
+    client = connect(chdb_dsn)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
