@@ -1,0 +1,169 @@
+"""Flows → rows: ``l4_flow_log`` rows (per 60 s window and at close) and flow-second deltas, the
+input of the 1 s / 1 m network metrics (datamodel §1e, §3c).
+
+Rows are plain tuples assembled from blocks (a per-flow static block computed once, client and
+server counter blocks, latency accumulators) so that building one is a few tuple concatenations.
+Column names travel with them; names starting with ``~`` are internal (the writer drops them or
+derives real columns from them), ``tag_id_0/1`` expand into the resource columns at write time.
+"""
+
+from __future__ import annotations
+
+from operator import sub
+
+from collector.flow.model import N_LAT, SEC, ZERO_IP6, ZERO_LAT, Flow, side_counters
+from collector.tagging import RESOURCE_COLUMNS
+
+LAT_NAMES = ("rtt", "rtt_client", "rtt_server", "srt", "art", "cit")
+
+# -- l4_flow_log -----------------------------------------------------------------------------
+L4_STATIC = (
+    "flow_id", "signal_source", "mac_0", "mac_1", "eth_type", "vlan", "ip4_0", "ip4_1", "ip6_0", "ip6_1",
+    "is_ipv4", "protocol", "client_port", "server_port", "capture_network_type_id", "capture_nic",
+    "capture_nic_type", "observation_point", "agent_id", "l2_end_0", "l2_end_1", "l3_end_0", "l3_end_1",
+    "tag_id_0", "tag_id_1",
+)
+L4_DYNAMIC = (
+    "time", "_id", "start_time", "end_time", "duration", "is_new_flow", "close_type", "direction_score",
+    "tcp_flags_bit_0", "tcp_flags_bit_1", "syn_seq", "syn_ack_seq", "l7_protocol", "request_domain",
+)
+L4_TUNNEL = (
+    "tunnel_tier", "tunnel_type", "tunnel_tx_id", "tunnel_rx_id", "tunnel_tx_ip4_0", "tunnel_tx_ip4_1",
+    "tunnel_rx_ip4_0", "tunnel_rx_ip4_1", "tunnel_tx_ip6_0", "tunnel_tx_ip6_1", "tunnel_rx_ip6_0",
+    "tunnel_rx_ip6_1", "tunnel_is_ipv4",
+)
+NO_TUNNEL = (0, 0, 0, 0, 0, 0, 0, 0, ZERO_IP6, ZERO_IP6, ZERO_IP6, ZERO_IP6, 0)
+# Window deltas of the client (tx) and server (rx) counters, in model.COUNTERS order.
+L4_TX = ("packet_tx", "byte_tx", "l3_byte_tx", "l4_byte_tx", "retrans_tx", "zero_win_tx", "ooo_tx",
+         "syn_count", "retrans_syn", "~fin_tx")
+L4_RX = ("packet_rx", "byte_rx", "l3_byte_rx", "l4_byte_rx", "retrans_rx", "zero_win_rx", "ooo_rx",
+         "synack_count", "retrans_synack", "~fin_rx")
+L4_TOTAL = ("total_packet_tx", "total_packet_rx", "total_byte_tx", "total_byte_rx")
+# Window latency: rtt* keep their max (the handshake happens once), the others sum/count/max.
+L4_LAT = ("~rtt_sum", "~rtt_count", "rtt", "~rtt_client_sum", "~rtt_client_count", "rtt_client",
+          "~rtt_server_sum", "~rtt_server_count", "rtt_server", "srt_sum", "srt_count", "srt_max",
+          "art_sum", "art_count", "art_max", "cit_sum", "cit_count", "cit_max")
+L4_COLUMNS = L4_STATIC + L4_DYNAMIC + L4_TUNNEL + L4_TX + L4_RX + L4_TOTAL + L4_LAT
+
+# -- flow-second deltas (metrics input) ---------------------------------------------------------
+FS_KEY = ("tag_id_0", "tag_id_1", "ip4_0", "ip4_1", "ip6_0", "ip6_1", "is_ipv4", "protocol",
+          "server_port", "observation_point", "capture_nic", "tunnel_type")
+FS_TX = ("packet_tx", "byte_tx", "l3_byte_tx", "l4_byte_tx", "retrans_tx", "zero_win_tx", "ooo_tx",
+         "syn_count", "retrans_syn", "~fin_tx")
+FS_RX = ("packet_rx", "byte_rx", "l3_byte_rx", "l4_byte_rx", "retrans_rx", "zero_win_rx", "ooo_rx",
+         "synack_count", "retrans_synack", "~fin_rx")
+FS_LAT = tuple(f"{n}_{x}" for n in LAT_NAMES for x in ("sum", "count", "max"))
+FS_COLUMNS = ("time",) + FS_KEY + FS_TX + FS_RX + ("new_flow", "direction_score") + FS_LAT
+
+_N3 = 3 * N_LAT
+
+
+def fold_samples(samples: list[tuple[int, int]], into: list[int] | None) -> tuple[tuple, list[int]]:
+    """Latency samples → (sum, count, max) per kind for this second, also added into a window."""
+    sec = [0] * _N3
+    win = into if into is not None else [0] * _N3
+    for kind, v in samples:
+        i = 3 * kind
+        sec[i] += v
+        sec[i + 1] += 1
+        win[i] += v
+        win[i + 1] += 1
+        if v > sec[i + 2]:
+            sec[i + 2] = v
+        if v > win[i + 2]:
+            win[i + 2] = v
+    return tuple(sec), win
+
+
+class RowBuilder:
+    """Turns flow state into rows; holds the 60 s window bookkeeping."""
+
+    def __init__(self, *, agent_id: int, nics: list) -> None:
+        self.agent_id = agent_id
+        self.nics = nics
+        self.seconds: list[tuple] = []
+        self._row_seq = 0
+        self._id_mid = (agent_id & 0x3FF) << 22
+
+    def keys(self, f: Flow) -> None:
+        """Per-flow constant blocks (recomputed if the client/server orientation changes)."""
+        c, s = f.client, f.server
+        nic = self.nics[f.nic]
+        t = f.tunnel
+        f.mkey = (c.tag_id, s.tag_id, c.ip4, s.ip4, c.ip6, s.ip6, f.is_v4, f.proto, s.port, f.obs,
+                  nic.capture_nic, t.type if t is not None else 0)
+        cn, sn = int(c.near), int(s.near)
+        f.static = (f.flow_id, 0, c.mac, s.mac, f.eth_type, f.vlan, c.ip4, s.ip4, c.ip6, s.ip6, f.is_v4,
+                    f.proto, c.port, s.port, 3, nic.capture_nic, 0, f.obs, self.agent_id, cn, sn, cn, sn,
+                    c.tag_id, s.tag_id)
+
+    # -- metrics input ------------------------------------------------------------------------
+    def second(self, f: Flow, sec: int) -> None:
+        """Deltas of one flow for second ``sec``; latency samples also fold into the window."""
+        c, s = f.client, f.server
+        cc, sc = side_counters(c), side_counters(s)
+        dc = tuple(map(sub, cc, c.sec_snap))
+        ds = tuple(map(sub, sc, s.sec_snap))
+        c.sec_snap, s.sec_snap = cc, sc
+        if f.samples:
+            lat, f.win_lat = fold_samples(f.samples, f.win_lat)
+            f.samples = None
+        else:
+            lat = ZERO_LAT
+        if f.is_new_sec:
+            f.is_new_sec = False
+            tail = (1, f.score)
+        else:
+            tail = (0, f.score)
+        self.seconds.append((sec,) + f.mkey + dc + ds + tail + lat)
+
+    def take_seconds(self) -> list[tuple]:
+        out, self.seconds = self.seconds, []
+        return out
+
+    # -- l4_flow_log ----------------------------------------------------------------------------
+    def l4_row(self, f: Flow, close_type: int, end_us: int) -> tuple:
+        """The row of the current window; ``end_us`` is the last packet (close) or window end."""
+        c, s = f.client, f.server
+        cc, sc = side_counters(c), side_counters(s)
+        end_s = end_us // SEC
+        self._row_seq += 1
+        dyn = (end_s, (end_s << 32) | self._id_mid | (self._row_seq & 0x3FFFFF),
+               f.start_ts if f.is_new else f.win_start, end_us, f.last_ts - f.start_ts,
+               1 if f.is_new else 0, close_type, f.score, c.flags, s.flags, c.isn, s.isn, f.l7_protocol,
+               f.request_domain)
+        lat = f.win_lat
+        return (f.static + dyn + (NO_TUNNEL if f.tunnel is None else tunnel_block(f))
+                + tuple(map(sub, cc, c.win_snap)) + tuple(map(sub, sc, s.win_snap))
+                + (cc[0], sc[0], cc[1], sc[1]) + (ZERO_LAT if lat is None else tuple(lat)))
+
+    def new_window(self, f: Flow, start_us: int) -> None:
+        """Start the next 60 s window of a live flow."""
+        c, s = f.client, f.server
+        c.win_snap, s.win_snap = side_counters(c), side_counters(s)
+        c.flags = s.flags = 0
+        f.win_lat = None
+        f.win_start = start_us
+        f.is_new = False
+
+
+def tunnel_block(f: Flow) -> tuple:
+    """Outer-header columns: tx from the client's packets, rx from the server's (§1b)."""
+    t = f.tunnel
+    tx = f.client.tun or t
+    rx = f.server.tun
+    if tx.is_v4:
+        tx4, tx6 = (tx.src, tx.dst), (ZERO_IP6, ZERO_IP6)
+    else:
+        tx4, tx6 = (0, 0), (tx.src, tx.dst)
+    if rx is None:
+        rx_id, rx4, rx6 = 0, (0, 0), (ZERO_IP6, ZERO_IP6)
+    elif rx.is_v4:
+        rx_id, rx4, rx6 = rx.id, (rx.src, rx.dst), (ZERO_IP6, ZERO_IP6)
+    else:
+        rx_id, rx4, rx6 = rx.id, (0, 0), (rx.src, rx.dst)
+    return (t.tier, t.type, tx.id, rx_id) + tx4 + rx4 + tx6 + rx6 + (t.is_v4,)
+
+
+RESOURCE_0 = tuple(f"{c}_0" for c in RESOURCE_COLUMNS)
+RESOURCE_1 = tuple(f"{c}_1" for c in RESOURCE_COLUMNS)

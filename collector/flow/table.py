@@ -1,0 +1,556 @@
+"""The L4 flow table: packets → flows with TCP state, latency, retransmissions; 1 s deltas for the
+metrics and 60 s / close rows for ``flow_log.l4_flow_log`` (datamodel §1, §5).
+
+Clock: packet time drives everything (pcap replay is deterministic); live capture also calls
+``advance(now)`` when idle. Each second, flows touched in that second emit one *flow-second*
+delta (metrics input) and are scheduled on a timer wheel for their 60 s report and timeout.
+Counters are cumulative per side; seconds and windows are differences of snapshots, so a
+packet only ever increments one set of numbers.
+
+``process`` is the per-packet hot loop: Ethernet/IPv4/TCP is decoded inline, everything else goes
+through ``Decoder``; handshake, FIN and RST packets leave the loop for ``_tcp_control``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from collector.decode.packet import ETH, SLL, SLL2, Decoder
+from collector.flow import tcp
+from collector.flow.model import (
+    ART,
+    ART_MAX_US,
+    CIT,
+    MASK32,
+    MAX_SEQ_GAPS,
+    RTT,
+    RTT_CLIENT,
+    RTT_MAX_US,
+    RTT_SERVER,
+    SEC,
+    SRT,
+    SRT_MAX_US,
+    Flow,
+    FlowSide,
+)
+from collector.flow.observation import NearEnd, observation_point
+from collector.flow.report import RowBuilder
+from collector.flow.tcp import ACK, ESTABLISHED, FIN, NOT_TCP, RST, SYN
+from collector.tagging import Tagger
+from flowscope.enums import CloseType
+
+# IPv4 (total length, flags/fragment, src, dst; no options) + TCP up to the window, from offset 16.
+_ip4_tcp = struct.Struct("!HxxHxxxxIIHHIIBBH").unpack_from
+_OPENING2 = tcp.OPENING2
+
+
+@dataclass
+class NicInfo:
+    """What the flow table needs to know about one capture NIC."""
+
+    name: str
+    role: str = "own"
+    linktype: int = ETH
+    capture_nic: int = 0          # low 4 bytes of the NIC's MAC (DeepFlow capture_nic)
+    near: NearEnd | None = None
+    netns: str = ""
+
+    def __post_init__(self) -> None:
+        if self.near is None:
+            self.near = NearEnd(self.role)
+
+
+@dataclass
+class FlowConfig:
+    max_flows: int = 1_000_000
+    timeouts: tcp.Timeouts = field(default_factory=tcp.Timeouts)
+    server_ports: frozenset[int] = frozenset()   # configured services: direction_score 253
+    agent_id: int = 1
+    report_interval_s: int = 60
+    service_table_size: int = 65536
+
+
+class FlowTable:
+    """Builds flows from packets; hands finished rows to ``sink``.
+
+    ``sink.l4(rows)`` receives l4_flow_log rows (report.L4_COLUMNS order);
+    ``sink.seconds(rows)`` flow-second deltas (report.FS_COLUMNS order).
+    """
+
+    def __init__(self, sink, config: FlowConfig | None = None, *, decoder: Decoder | None = None,
+                 tagger: Tagger | None = None) -> None:
+        self.sink = sink
+        self.cfg = config or FlowConfig()
+        self.decoder = decoder or Decoder()
+        self.tagger = tagger or Tagger()
+        self.flows: dict[tuple, FlowSide] = {}
+        self.nics: list[NicInfo | None] = []
+        self._linktypes: list[int] = []
+        self.nflows = 0
+        self.sec: int | None = None          # the second being accumulated
+        self._dirty: list[Flow] = []
+        self._wheel: dict[int, list[Flow]] = {}
+        self._heap: list[int] = []
+        self._timeouts = self.cfg.timeouts.us_table()
+        self._udp_timeout = int(self.cfg.timeouts.udp * SEC)
+        self._other_timeout = int(self.cfg.timeouts.established_rst * SEC)
+        self._single_timeout = int(self.cfg.timeouts.single_direction * SEC)
+        self._services: dict[tuple, int] = {}
+        self._flow_seq = 0
+        self._l4_rows: list[tuple] = []
+        self.rows = RowBuilder(agent_id=self.cfg.agent_id, nics=self.nics)
+        self.stats: dict[str, int] = {"packets": 0, "bytes": 0, "flows_created": 0, "flows_closed": 0,
+                                      "flows_evicted": 0, "flow_rows": 0, "decode_skipped": 0}
+
+    # -- NICs -------------------------------------------------------------------------------
+    def add_nic(self, nic_id: int, info: NicInfo) -> None:
+        while len(self.nics) <= nic_id:
+            self.nics.append(None)
+            self._linktypes.append(ETH)
+        self.nics[nic_id] = info
+        self._linktypes[nic_id] = info.linktype
+
+    # -- hot loop ---------------------------------------------------------------------------
+    def process(self, batch: Iterable[tuple[int, bytes, int, int, int]]) -> None:
+        """Feed ``(ts_us, frame, wire_len, nic_id, direction)`` packets in capture order."""
+        decode = self.decoder.decode
+        flows = self.flows
+        lts = self._linktypes
+        dirty = self._dirty
+        ip4_tcp = _ip4_tcp
+        next_tick = (self.sec + 1) * SEC if self.sec is not None else -1
+        npk = nbytes = skipped = 0
+        for ts, frame, wl, nic, dirn in batch:
+            npk += 1
+            nbytes += wl
+            if ts >= next_tick:
+                if next_tick < 0:
+                    self.sec = ts // SEC
+                else:
+                    self._advance_to(ts // SEC)
+                next_tick = (self.sec + 1) * SEC
+            lt = lts[nic]
+            # Inline fast path: Ethernet, IPv4 without options, TCP, not a fragment.
+            if (lt == 1 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45 and frame[23] == 6
+                    and len(frame) >= 54):
+                tot, frag, src, dst, sport, dport, seq, ack, doff, flags, win = ip4_tcp(frame, 16)
+                if frag & 0x3FFF or doff < 0x50:
+                    p = decode(frame, lt)
+                    if p is None:
+                        skipped += 1
+                        continue
+                    src, dst, sport, dport, proto, l3, l4, flags, seq, ack, win = p[:11]
+                    tun = p[17]
+                else:
+                    p = None
+                    proto = 6
+                    l3 = (tot or len(frame) - 14) - 20
+                    l4 = l3 - ((doff >> 4) << 2)
+                    if l4 < 0:
+                        l4 = 0
+                    flags |= (doff & 1) << 8
+                    tun = None
+            else:
+                p = decode(frame, lt)
+                if p is None:
+                    skipped += 1
+                    continue
+                src, dst, sport, dport, proto, l3, l4, flags, seq, ack, win = p[:11]
+                tun = p[17]
+            sd = flows.get((src, dst, sport, dport, proto, nic))
+            if sd is None:
+                if p is None:
+                    p = (src, dst, sport, dport, 6, l3, l4, flags, seq, ack, win, 34, 34, 1, 0x0800, 0, 0,
+                         None)
+                sd = self._new_flow(p, ts, nic, dirn, frame)
+            f = sd.flow
+            if proto == 6:
+                if flags & 7 or f.state != ESTABLISHED:
+                    if p is None:
+                        p = (src, dst, sport, dport, 6, l3, l4, flags, seq, ack, win, 34, 34, 1, 0x0800, 0,
+                             0, None)
+                    sd = self._tcp_control(f, sd, p, ts, nic, dirn, frame)
+                    f = sd.flow
+                sd.flags |= flags
+                if l4 and not flags & SYN:
+                    if seq == sd.next_seq:
+                        sd.next_seq = (seq + l4) & MASK32
+                    else:
+                        self._seq_slow(sd, seq, l4)
+                    if sd.is_client:
+                        f.req_ts = ts
+                        f.req_end = (seq + l4) & MASK32
+                        f.srt_wait = f.art_wait = True
+                        if f.resp_ts and l4 > 1:
+                            if ts >= f.resp_ts:
+                                self._sample(f, CIT, ts - f.resp_ts)
+                            f.resp_ts = 0
+                    else:
+                        f.server_data = True
+                        if f.art_wait:
+                            f.art_wait = False
+                            d = ts - f.req_ts
+                            if 0 <= d <= ART_MAX_US:
+                                self._sample(f, ART, d)
+                        f.resp_ts = ts
+                elif f.srt_wait and not sd.is_client and ack == f.req_end and flags & 0x1F == ACK:
+                    f.srt_wait = False
+                    d = ts - f.req_ts
+                    if 0 <= d <= SRT_MAX_US:
+                        self._sample(f, SRT, d)
+                if not win and not flags & 6:
+                    sd.zero_win += 1
+            elif proto == 17:
+                if l4:
+                    if sd.is_client:
+                        f.req_ts = ts
+                        f.art_wait = True
+                    elif f.art_wait:
+                        f.art_wait = False
+                        d = ts - f.req_ts
+                        if 0 <= d <= ART_MAX_US:
+                            self._sample(f, ART, d)
+            elif proto == 1 or proto == 58:
+                self._icmp(f, flags, seq, ts)
+            if tun is not None and sd.tun is None:
+                sd.tun = tun
+            sd.packets += 1
+            sd.bytes += wl
+            sd.l3 += l3
+            sd.l4 += l4
+            if ts > f.last_ts:
+                f.last_ts = ts
+            if not f.dirty:
+                f.dirty = True
+                dirty.append(f)
+        stats = self.stats
+        stats["packets"] += npk
+        stats["bytes"] += nbytes
+        stats["decode_skipped"] += skipped
+
+    # -- per-packet slow paths ---------------------------------------------------------------
+    @staticmethod
+    def _sample(f: Flow, kind: int, value: int) -> None:
+        if f.samples is None:
+            f.samples = [(kind, value)]
+        else:
+            f.samples.append((kind, value))
+
+    @staticmethod
+    def _seq_slow(sd: FlowSide, seq: int, length: int) -> None:
+        """Sequence bookkeeping off the in-order path: first data, holes, retransmissions and
+        out-of-order fills (datamodel §5.6; at most MAX_SEQ_GAPS holes remembered)."""
+        nxt = sd.next_seq
+        end = (seq + length) & MASK32
+        if nxt is None:
+            sd.next_seq = end
+            return
+        ahead = (seq - nxt) & MASK32
+        if ahead < 0x80000000:              # beyond everything seen: a hole opens before it
+            if ahead > 0x40000000:          # a jump this large is a wrap or a new stream
+                sd.gaps = None
+            else:
+                gaps = sd.gaps
+                if gaps is None:
+                    gaps = sd.gaps = []
+                gaps.append([nxt, seq])
+                if len(gaps) > MAX_SEQ_GAPS:
+                    del gaps[0]
+            sd.next_seq = end
+            return
+        # Below the highest byte seen: it fills a hole (out of order) or repeats data (retransmission).
+        gaps = sd.gaps
+        if gaps:
+            for i, (g0, g1) in enumerate(gaps):
+                if (seq - g0) & MASK32 < (g1 - g0) & MASK32:       # starts inside this hole
+                    sd.ooo += 1
+                    fills_end = (end - g1) & MASK32 < 0x80000000
+                    if seq == g0 and fills_end:
+                        del gaps[i]
+                    elif seq == g0:
+                        gaps[i][0] = end
+                    elif fills_end:
+                        gaps[i][1] = seq
+                    else:
+                        gaps.insert(i + 1, [end, g1])
+                        gaps[i][1] = seq
+                    return
+        sd.retrans += 1
+        if (end - nxt) & MASK32 < 0x80000000 and end != nxt:     # also extends past the top
+            sd.next_seq = end
+
+    def _icmp(self, f: Flow, itype: int, ident_seq: int, ts: int) -> None:
+        """ICMP echo request → reply gives srt (datamodel §1e)."""
+        if itype in (8, 128):
+            f.req_ts = ts
+            f.req_end = ident_seq
+            f.srt_wait = True
+        elif itype in (0, 129) and f.srt_wait and ident_seq == f.req_end:
+            f.srt_wait = False
+            d = ts - f.req_ts
+            if 0 <= d <= SRT_MAX_US:
+                self._sample(f, SRT, d)
+
+    def _tcp_control(self, f: Flow, sd: FlowSide, p: tuple, ts: int, nic: int, dirn: int,
+                     frame: bytes) -> FlowSide:
+        """Handshake, FIN and RST packets (and anything outside ESTABLISHED): latency of the
+        handshake, SYN retransmissions, state transitions. Returns the side to account the packet
+        on, a new flow's when a SYN reuses a finished connection's 5-tuple."""
+        flags = p[7]
+        from_client = sd.is_client
+        state = f.state
+        if flags & SYN:
+            if not flags & ACK and state in tcp.REUSABLE:
+                self._finish(f, ts, timed_out=True)
+                return self._new_flow(p, ts, nic, dirn, frame)
+            self._syn(f, sd, flags, p[8], p[6], ts, from_client)
+        elif state == _OPENING2 and from_client and flags & ACK and f.synack_ts \
+                and p[9] == (sd.peer.isn + 1) & MASK32:
+            d = ts - f.synack_ts
+            if 0 <= d <= RTT_MAX_US:
+                self._sample(f, RTT_CLIENT, d)
+            if f.syn_ts:
+                d = ts - f.syn_ts
+                if 0 <= d <= RTT_MAX_US:
+                    self._sample(f, RTT, d)
+        if flags & FIN:
+            sd.fin += 1
+        new_state = tcp.NEXT[state << 6 | (flags & 0x17) << 1 | from_client]
+        if new_state != state:
+            if flags & RST:
+                f.rst_by_client = from_client
+            f.prev_state = state
+            f.state = new_state
+        return sd
+
+    def _syn(self, f: Flow, sd: FlowSide, flags: int, seq: int, l4: int, ts: int, from_client: bool) -> None:
+        """A SYN or SYN-ACK: ISN, retransmission count, handshake timestamps."""
+        sd.syn += 1
+        if sd.syn > 1:
+            if flags & ACK or seq == sd.isn:
+                sd.syn_re += 1
+                sd.retrans += 1
+            return
+        sd.isn = seq
+        sd.next_seq = (seq + 1 + l4) & MASK32
+        if flags & ACK:
+            if not from_client:
+                f.synack_ts = ts
+                self._learn_service(sd)
+                f.score = 255
+                if f.syn_ts:
+                    d = ts - f.syn_ts
+                    if 0 <= d <= RTT_MAX_US:
+                        self._sample(f, RTT_SERVER, d)
+        elif from_client and not f.synack_ts:
+            f.syn_ts = ts
+
+    # -- flows ------------------------------------------------------------------------------
+    def _new_flow(self, p: tuple, ts: int, nic: int, dirn: int, frame: bytes) -> FlowSide:
+        if self.nflows >= self.cfg.max_flows:
+            self._evict()
+        src, dst, sport, dport, proto = p[0], p[1], p[2], p[3], p[4]
+        info = self.nics[nic] if nic < len(self.nics) else None
+        if info is None:
+            info = NicInfo(name=f"nic{nic}")
+            self.add_nic(nic, info)
+        f = Flow()
+        a = FlowSide(src, sport)
+        b = FlowSide(dst, dport)
+        a.flow = b.flow = f
+        a.peer = b
+        b.peer = a
+        f.nic = nic
+        f.proto = proto
+        f.start_ts = f.last_ts = f.win_start = ts
+        f.is_v4 = p[13]
+        f.eth_type = p[14]
+        f.vlan = p[15]
+        f.tunnel = tun = p[17]
+        flags = p[7]
+        f.state = tcp.initial_state(flags) if proto == 6 else NOT_TCP
+        # Orientation: SYN / SYN-ACK are certain; otherwise learned services, then ports.
+        client, f.score = self._orient(proto, flags, a, b)
+        client.is_client = True
+        f.client = client
+        f.server = server = client.peer
+        # Near end (observation point) from the first packet.
+        l2 = p[16]
+        smac = dmac = b""
+        if info.linktype == ETH:
+            dmac, smac = frame[0:6], frame[6:12]       # the capture NIC's frame (outer header)
+            if l2 >= 0:                                # mac_0/1: the innermost Ethernet header
+                a.mac = int.from_bytes(frame[l2 + 6:l2 + 12], "big")
+                b.mac = int.from_bytes(frame[l2:l2 + 6], "big")
+        elif not dirn and info.linktype in (SLL, SLL2) and len(frame) >= 12:
+            pkttype = frame[1] if info.linktype == SLL else frame[10]
+            dirn = 2 if pkttype == 4 else 1
+        near = info.near.source_is_near(dirn, smac, dmac, src, dst)
+        if near == 2:
+            a.near = b.near = True
+        elif near >= 0:
+            a.near = near == 1
+            b.near = near == 0
+        tag = self.tagger.tag
+        a.tag_id = tag(src)
+        b.tag_id = tag(dst)
+        f.obs = observation_point(info.role, client.near, server.near, tun.tier if tun else 0)
+        self._flow_seq += 1
+        f.flow_id = (((ts * 1000) >> 30) & MASK32) << 32 | (self._flow_seq & 0xFFFFFF)
+        self.rows.keys(f)
+        f.keys = k1, k2 = (src, dst, sport, dport, proto, nic), (dst, src, dport, sport, proto, nic)
+        flows = self.flows
+        flows[k1] = a
+        if k2 != k1:
+            flows[k2] = b
+        f.report_at = sec = ts // SEC + self.cfg.report_interval_s
+        self._schedule(f, sec)
+        self.nflows += 1
+        self.stats["flows_created"] += 1
+        return a
+
+    def _orient(self, proto: int, flags: int, a: FlowSide, b: FlowSide) -> tuple[FlowSide, int]:
+        """Which side is the client, and how sure we are (direction_score, datamodel §5.3)."""
+        if proto == 6 and flags & SYN:
+            return (b, 255) if flags & ACK else (a, 255)
+        if proto == 1 or proto == 58:
+            return (b, 0) if flags in (0, 129) else (a, 0)
+        svc = self._services
+        if svc:
+            sb = svc.get((b.ip, b.port, proto), 0)
+            sa = svc.get((a.ip, a.port, proto), 0)
+            if sa or sb:
+                return (b, sa) if sa > sb else (a, sb)
+        ports = self.cfg.server_ports
+        if ports:
+            if b.port in ports:
+                return a, 253
+            if a.port in ports:
+                return b, 253
+        # Port heuristic: the lower (well-known, non-ephemeral) port is the server's.
+        return (b, 0) if a.port < b.port else (a, 0)
+
+    def _learn_service(self, server: FlowSide) -> None:
+        svc = self._services
+        if len(svc) >= self.cfg.service_table_size:
+            svc.clear()
+        svc[(server.ip, server.port, 6)] = 255
+
+    def timeout_of(self, f: Flow) -> int:
+        """Idle time after which ``f`` ends, by protocol and state (datamodel §5.4)."""
+        if not (f.client.packets and f.server.packets) and (f.proto != 6 or f.state == ESTABLISHED):
+            return self._single_timeout
+        if f.proto == 6:
+            return self._timeouts[f.state]
+        return self._udp_timeout if f.proto == 17 else self._other_timeout
+
+    def close_type(self, f: Flow, timed_out: bool) -> int:
+        if f.proto != 6:
+            return CloseType.FINISH
+        return tcp.close_type_of(f.state, rst_by_client=f.rst_by_client, prev_state=f.prev_state,
+                                 synack_count=f.server.syn, server_data=f.server_data,
+                                 timed_out=timed_out)
+
+    # -- clock ------------------------------------------------------------------------------
+    def _schedule(self, f: Flow, sec: int) -> None:
+        lst = self._wheel.get(sec)
+        if lst is None:
+            self._wheel[sec] = [f]
+            heapq.heappush(self._heap, sec)
+        else:
+            lst.append(f)
+
+    def advance(self, now_us: int) -> None:
+        """Move the clock to ``now_us`` (live capture with no packets, or a periodic nudge)."""
+        if self.sec is None:
+            self.sec = now_us // SEC
+        elif now_us // SEC > self.sec:
+            self._advance_to(now_us // SEC)
+
+    def _advance_to(self, new_sec: int) -> None:
+        """Close second ``self.sec``, fire timers up to ``new_sec``, start accumulating it."""
+        self._emit_second(self.sec)
+        heap, wheel = self._heap, self._wheel
+        timeout_of = self.timeout_of
+        while heap and heap[0] <= new_sec:
+            t = heapq.heappop(heap)
+            now = t * SEC
+            for f in wheel.pop(t):
+                if f.done:
+                    continue
+                if f.last_ts + timeout_of(f) <= now:
+                    self._finish(f, now, timed_out=True)
+                elif t >= f.report_at:
+                    self._report(f, t)
+        self.sec = new_sec
+        self._flush_out()
+
+    def _emit_second(self, sec: int) -> None:
+        second = self.rows.second
+        schedule = self._schedule
+        timeout_of = self.timeout_of
+        for f in self._dirty:
+            f.dirty = False
+            if not f.done:
+                second(f, sec)
+                schedule(f, -(-(f.last_ts + timeout_of(f)) // SEC))
+        self._dirty.clear()
+
+    def _report(self, f: Flow, t: int) -> None:
+        """The periodic (ForcedReport) row of a live flow, then a new 60 s window."""
+        now = t * SEC
+        self._l4_rows.append(self.rows.l4_row(f, CloseType.FORCED_REPORT, now))
+        self.rows.new_window(f, now)
+        while f.report_at <= t:
+            f.report_at += self.cfg.report_interval_s
+        self._schedule(f, f.report_at)
+
+    def _finish(self, f: Flow, now: int, *, timed_out: bool, forced: bool = False) -> None:
+        """Final row of a flow at clock ``now``; its keys leave the table."""
+        rb = self.rows
+        if f.dirty:                        # fold its partial second first
+            f.dirty = False
+            rb.second(f, self.sec if self.sec is not None else now // SEC)
+        ct = CloseType.FORCED_REPORT if forced else self.close_type(f, timed_out)
+        f.done = True
+        self._l4_rows.append(rb.l4_row(f, ct, f.last_ts))
+        flows = self.flows
+        for k in f.keys:
+            flows.pop(k, None)
+        f.release()
+        self.nflows -= 1
+        self.stats["flows_closed"] += 1
+
+    def _live_flows(self) -> list[Flow]:
+        return [sd.flow for k, sd in self.flows.items() if sd.flow.keys[0] is k]
+
+    def _evict(self) -> None:
+        """Table full: report and drop the least recently active 1% (counted, never unbounded)."""
+        live = self._live_flows()
+        n = max(1, len(live) // 100)
+        for f in heapq.nsmallest(n, live, key=lambda x: x.last_ts):
+            self._finish(f, f.last_ts, timed_out=False, forced=True)
+            self.stats["flows_evicted"] += 1
+
+    def flush(self) -> None:
+        """End of capture: every flow gets its final row now, as if the capture ended.
+
+        Connections still established then are reported as ForcedReport (5), not Timeout:
+        the capture stopped, the connection did not fail."""
+        if self.sec is not None:
+            self._emit_second(self.sec)
+            for f in self._live_flows():
+                self._finish(f, f.last_ts, timed_out=False)
+        self._flush_out()
+
+    def _flush_out(self) -> None:
+        if self._l4_rows:
+            rows, self._l4_rows = self._l4_rows, []
+            self.stats["flow_rows"] += len(rows)
+            self.sink.l4(rows)
+        secs = self.rows.take_seconds()
+        if secs:
+            self.sink.seconds(secs)

@@ -1,0 +1,233 @@
+"""Flow-second deltas → ``flow_metrics.network`` / ``network_map`` rows at 1 s and 1 m
+(datamodel §3, "How the agent produces them").
+
+Python only appends tuples; grouping, the single-side split and the minute roll-up run in
+Arrow's C++ group-by. Close events come from the l4_flow_log close rows and count in the
+second of the flow's last packet (closed_flow and one counter per close_type, §4).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from collector.flow.report import FS_COLUMNS, FS_KEY, L4_COLUMNS
+from collector.tagging import EPC_INDEX, TagRegistry
+from flowscope.enums import CLOSE_TYPE_STATUS, FAIL_SUMS
+
+SUM_METERS = tuple(c for c in FS_COLUMNS[len(FS_KEY) + 1:]
+                   if c != "direction_score" and not c.endswith("_max"))
+MAX_METERS = tuple(c for c in FS_COLUMNS[len(FS_KEY) + 1:] if c == "direction_score" or c.endswith("_max"))
+# close_type → its counter column (only the types that have one).
+CLOSE_COUNTERS = {ct: name for ct, (_, name) in CLOSE_TYPE_STATUS.items() if name}
+COUNTER_COLUMNS = tuple(sorted(set(CLOSE_COUNTERS.values()))) + ("closed_flow",)
+
+_L4 = {c: i for i, c in enumerate(L4_COLUMNS)}
+_CLOSE_SRC = ("time",) + FS_KEY + ("close_type",)
+_CLOSE_IDX = tuple(_L4[c] for c in _CLOSE_SRC)
+
+_TYPES: dict[str, pa.DataType] = {
+    "time": pa.uint32(), "tag_id_0": pa.uint32(), "tag_id_1": pa.uint32(), "ip4_0": pa.uint32(),
+    "ip4_1": pa.uint32(), "ip6_0": pa.binary(16), "ip6_1": pa.binary(16), "is_ipv4": pa.uint8(),
+    "protocol": pa.uint8(), "server_port": pa.uint16(), "observation_point": pa.string(),
+    "capture_nic": pa.uint32(), "tunnel_type": pa.uint8(), "direction_score": pa.uint8(),
+}
+_MAP_KEYS = FS_KEY
+_TX_RX = [(c, c[:-3] + "_rx") for c in FS_COLUMNS if c.endswith("_tx")] + [
+    ("syn_count", "synack_count"), ("retrans_syn", "retrans_synack")]
+
+
+def _col_type(name: str) -> pa.DataType:
+    if name in _TYPES:
+        return _TYPES[name]
+    return pa.float64() if name.endswith("_sum") else pa.uint64()
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple]) -> pa.Table:
+    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in columns]
+    return pa.table({name: pa.array(col, _col_type(name)) for name, col in zip(columns, cols, strict=True)
+                     if not name.startswith("~")})
+
+
+class MetricsAggregator:
+    """Buffers flow-seconds and close events; ``flush`` returns finished Arrow tables by name.
+
+    1 s rows are emitted at every flush; 1 m rows once data time has passed the end of their
+    minute by ``minute_grace_s`` (late close events for an emitted minute become extra rows,
+    which the querier sums like any other).
+    """
+
+    def __init__(self, registry: TagRegistry, *, agent_id: int = 1, minute_grace_s: int = 5) -> None:
+        self.registry = registry
+        self.agent_id = agent_id
+        self.grace = minute_grace_s
+        self._seconds: list[tuple] = []
+        self._closes: list[tuple] = []
+        self._minutes: dict[int, list[pa.Table]] = defaultdict(list)
+        self.rows_in = 0
+
+    # -- input --------------------------------------------------------------------------------
+    def add_seconds(self, rows: list[tuple]) -> None:
+        self._seconds.extend(rows)
+        self.rows_in += len(rows)
+
+    def add_l4(self, rows: list[tuple]) -> None:
+        """Keep the close events of l4_flow_log rows (ForcedReport rows are not closes)."""
+        ict = _L4["close_type"]
+        idx = _CLOSE_IDX
+        self._closes.extend(tuple(r[i] for i in idx) for r in rows if r[ict] != 5)
+
+    def pending(self) -> int:
+        return len(self._seconds) + len(self._closes)
+
+    # -- output -------------------------------------------------------------------------------
+    def flush(self, data_sec: int | None, *, final: bool = False) -> dict[str, list[pa.Table]]:
+        """Aggregate what is buffered; ``data_sec`` is the collector's current data second."""
+        out: dict[str, list[pa.Table]] = defaultdict(list)
+        flat = self._flat()
+        if flat is not None:
+            out["flow_metrics.network_map.1s"].append(self._map_rows(flat))
+            out["flow_metrics.network.1s"].append(self._single_rows(flat))
+            minute = self._floor_minutes(flat)
+            for m in np.unique(minute["time"].to_numpy()):
+                part = minute.filter(pc.equal(minute["time"], pa.scalar(int(m), pa.uint32())))
+                self._minutes[int(m)].append(_group(part))
+        for m in sorted(self._minutes):
+            if final or (data_sec is not None and data_sec >= m + 60 + self.grace):
+                merged = _group(pa.concat_tables(self._minutes.pop(m)))
+                out["flow_metrics.network_map.1m"].append(self._map_rows(merged))
+                out["flow_metrics.network.1m"].append(self._single_rows(merged))
+        return dict(out)
+
+    def _flat(self) -> pa.Table | None:
+        """Buffered seconds + close events as one grouped table in FS_COLUMNS form."""
+        if not self._seconds and not self._closes:
+            return None
+        parts = []
+        if self._seconds:
+            parts.append(_table(FS_COLUMNS, self._seconds))
+            self._seconds = []
+        if self._closes:
+            parts.append(self._close_table(self._closes))
+            self._closes = []
+        if len(parts) == 2:
+            a, b = parts
+            a, b = _zero_fill(a, b.schema), _zero_fill(b, a.schema)
+            return _group(pa.concat_tables([a, b.select(a.column_names)]))
+        return _group(parts[0])
+
+    def _close_table(self, closes: list[tuple]) -> pa.Table:
+        t = _table(_CLOSE_SRC, closes)
+        ct = t["close_type"].to_numpy()
+        t = t.drop_columns(["close_type"])
+        n = t.num_rows
+        t = t.append_column("closed_flow", pa.array(np.ones(n, np.uint64)))
+        for name in COUNTER_COLUMNS[:-1]:
+            types = [k for k, v in CLOSE_COUNTERS.items() if v == name]
+            t = t.append_column(name, pa.array(np.isin(ct, types).astype(np.uint64)))
+        return t
+
+    @staticmethod
+    def _floor_minutes(t: pa.Table) -> pa.Table:
+        secs = t["time"].to_numpy()
+        return t.set_column(t.schema.get_field_index("time"), "time", pa.array(secs - secs % 60, pa.uint32()))
+
+    # -- shaping to the stored tables -----------------------------------------------------------
+    def _tags(self) -> np.ndarray:
+        return np.asarray(self.registry.by_id, dtype=np.int64)
+
+    def _map_rows(self, t: pa.Table) -> pa.Table:
+        tags = self._tags()
+        t0 = t["tag_id_0"].to_numpy()
+        ip4_0 = t["ip4_0"].to_numpy().copy()
+        ip4_0[tags[t0, EPC_INDEX] == -2] = 0          # the client end's Internet IP is 0.0.0.0 (§6.5)
+        cols = {n: t[n] for n in t.column_names if n not in ("tag_id_0", "tag_id_1", "ip4_0")}
+        cols["ip4_0"] = pa.array(ip4_0, pa.uint32())
+        cols.update(_expand(tags, t0, "_0"))
+        cols.update(_expand(tags, t["tag_id_1"].to_numpy(), "_1"))
+        cols["agent_id"] = pa.array(np.full(t.num_rows, self.agent_id, np.uint16))
+        return _with_fail_sums(pa.table(cols))
+
+    def _single_rows(self, t: pa.Table) -> pa.Table:
+        """One row per end observed as c / s / local, keyed by that end's IP and role (§3c)."""
+        tags = self._tags()
+        obs = t["observation_point"]
+        parts = []
+        for side, points, roles in ((0, ("c", "local"), {"c": 0, "local": 2}),
+                                    (1, ("s", "local"), {"s": 1, "local": 2})):
+            sel = t.filter(pc.is_in(obs, pa.array(points)))
+            if not sel.num_rows:
+                continue
+            tid = sel[f"tag_id_{side}"].to_numpy()
+            ip4 = sel[f"ip4_{side}"].to_numpy().copy()
+            if side == 0:
+                ip4[tags[tid, EPC_INDEX] == -2] = 0
+            role = np.where(pc.equal(sel["observation_point"], "local").to_numpy(zero_copy_only=False),
+                            roles["local"], roles[points[0]]).astype(np.uint8)
+            cols: dict[str, pa.Array] = {
+                "time": sel["time"], "ip4": pa.array(ip4, pa.uint32()), "ip6": sel[f"ip6_{side}"],
+                "is_ipv4": sel["is_ipv4"], "protocol": sel["protocol"], "role": pa.array(role),
+                "server_port": sel["server_port"] if side == 1 else pa.array(np.zeros(sel.num_rows, np.uint16)),
+            }
+            cols.update(_expand(tags, tid, ""))
+            for name in sel.column_names:
+                if name in _MAP_KEYS or name == "time":
+                    continue
+                cols[name] = sel[name]
+            if side == 1:   # the server's row is seen from the server: its tx is what it sent
+                for tx, rx in _TX_RX:
+                    if tx in cols and rx in cols:
+                        cols[tx], cols[rx] = cols[rx], cols[tx]
+            parts.append(pa.table(cols))
+        if not parts:
+            return pa.table({})
+        keys = [c for c in parts[0].column_names if c not in SUM_METERS and c not in MAX_METERS
+                and c not in COUNTER_COLUMNS]
+        grouped = _group(pa.concat_tables(parts), keys=keys)
+        return _with_fail_sums(grouped.append_column(
+            "agent_id", pa.array(np.full(grouped.num_rows, self.agent_id, np.uint16))))
+
+
+def _expand(tags: np.ndarray, tid: np.ndarray, suffix: str) -> dict[str, pa.Array]:
+    from collector.tagging import RESOURCE_COLUMNS
+
+    block = tags[tid] if len(tid) else np.zeros((0, len(RESOURCE_COLUMNS)), np.int64)
+    return {f"{name}{suffix}": pa.array(block[:, i]) for i, name in enumerate(RESOURCE_COLUMNS)}
+
+
+def _group(t: pa.Table, keys: list[str] | None = None) -> pa.Table:
+    """Sum counters, max the maxima, over every non-meter column."""
+    names = t.column_names
+    if keys is None:
+        keys = [c for c in names if c not in SUM_METERS and c not in MAX_METERS and c not in COUNTER_COLUMNS]
+    aggs = [(c, "sum") for c in names if c in SUM_METERS or c in COUNTER_COLUMNS]
+    aggs += [(c, "max") for c in names if c in MAX_METERS]
+    g = t.group_by(keys, use_threads=False).aggregate(aggs)
+    return g.rename_columns([n[:-4] if n.endswith(("_sum", "_max")) and n[:-4] in names else n
+                             for n in g.column_names])
+
+
+def _zero_fill(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Add the columns of ``schema`` that ``t`` lacks, as zeros (meters it has nothing for)."""
+    for field in schema:
+        if field.name not in t.column_names:
+            t = t.append_column(field.name, pa.array(np.zeros(t.num_rows, field.type.to_pandas_dtype())))
+    return t
+
+
+def _with_fail_sums(t: pa.Table) -> pa.Table:
+    """The stored failure sums (datamodel §3b) from the per-close_type counters."""
+    if "closed_flow" not in t.column_names:
+        return t
+    for name, parts in FAIL_SUMS.items():
+        total = None
+        for p in parts:
+            if p in t.column_names:
+                col = t[p].to_numpy()
+                total = col if total is None else total + col
+        if total is not None:
+            t = t.append_column(name, pa.array(total, pa.uint64()))
+    return t

@@ -1,0 +1,184 @@
+"""The collector's main loop, wired in one place: capture source → flow table → metrics → writer.
+
+One ``Collector`` per process; the CLI builds it from the configuration and runs it on a pcap
+source (until the files end) or a live source (until asked to stop).
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+from collector.capture.base import LINKTYPE_ETHERNET, CaptureNic
+from collector.decode.packet import Decoder
+from collector.flow.observation import NearEnd, NicRoles, guess_local_mac
+from collector.flow.report import L4_COLUMNS
+from collector.flow.table import FlowConfig, FlowTable, NicInfo
+from collector.metrics import MetricsAggregator
+from collector.tagging import Tagger
+from collector.writer import RowBatch, Writer
+from flowscope.config import Config
+
+log = logging.getLogger("flowscope.collector")
+
+L4_TABLE = "flow_log.l4_flow_log"
+L4_BATCH_ROWS = 50_000
+
+
+def tune_gc() -> None:
+    """Flow objects are freed by reference counting (cycles are broken when a flow ends), so the
+    cyclic collector only needs to run rarely; at the default thresholds it rescans millions of
+    live flow objects many times a second."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
+def _parse_mac(text: str) -> bytes:
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6:
+        raise ValueError(f"not a MAC address: {text!r}")
+    return bytes(int(p, 16) for p in parts)
+
+
+def _ip_key(text: str) -> int | bytes:
+    ip = ipaddress.ip_address(text)
+    return int(ip) if ip.version == 4 else ip.packed
+
+
+class Collector:
+    """Owns the flow table, the metrics aggregator and the writer's inputs."""
+
+    def __init__(self, cfg: Config, writer: Writer, *, tagger: Tagger | None = None, live: bool = False) -> None:
+        self.cfg = cfg
+        self.writer = writer
+        self.live = live
+        c = cfg.capture
+        decoder = Decoder(decap=tuple(c.decap), vxlan_ports=tuple(c.vxlan_ports), geneve_port=c.geneve_port)
+        self.tagger = tagger or Tagger()
+        self.table = FlowTable(self, FlowConfig(max_flows=cfg.flow.max_flows, timeouts=cfg.flow.timeouts,
+                                                server_ports=frozenset(cfg.flow.server_ports),
+                                                agent_id=cfg.agent_id),
+                               decoder=decoder, tagger=self.tagger)
+        self.metrics = MetricsAggregator(self.tagger.registry, agent_id=cfg.agent_id)
+        self.roles = NicRoles(tuple(c.interfaces))
+        self.local_macs = frozenset(_parse_mac(m) for m in c.local_macs)
+        self.local_ips = frozenset(_ip_key(i) for i in c.local_ips)
+        self._l4: list[tuple] = []
+        self._registered: dict[int, CaptureNic] = {}
+        self._last_flush = time.monotonic()
+        self.nic_rows: list[tuple] = []
+        self.source = None
+
+    # -- FlowTable sink ---------------------------------------------------------------------
+    def l4(self, rows: list[tuple]) -> None:
+        self.metrics.add_l4(rows)
+        self._l4.extend(rows)
+        if len(self._l4) >= L4_BATCH_ROWS:
+            self._flush_l4()
+
+    def seconds(self, rows: list[tuple]) -> None:
+        self.metrics.add_seconds(rows)
+
+    def _flush_l4(self) -> None:
+        if self._l4:
+            rows, self._l4 = self._l4, []
+            self.writer.put(L4_TABLE, RowBatch(L4_COLUMNS, rows))
+
+    def _flush_metrics(self, final: bool = False) -> None:
+        for table, parts in self.metrics.flush(self.table.sec, final=final).items():
+            for t in parts:
+                self.writer.put(table, t)
+        self._last_flush = time.monotonic()
+
+    # -- NICs -------------------------------------------------------------------------------
+    def register_nics(self, source, batch: list) -> None:
+        """Tell the flow table about NICs that appear in ``batch`` for the first time.
+
+        Registration waits for a NIC's first packets: a pcap without direction metadata or MAC
+        needs them to guess which host it was taken on."""
+        present = {p[3] for p in batch}
+        for nic_id in present - self._registered.keys():
+            nic = source.nics.get(nic_id)
+            if nic is None:
+                continue
+            self._registered[nic_id] = nic
+            role = self.roles.role_of(nic.name)
+            macs = {nic.mac} if nic.mac else set(self.local_macs)
+            frames = [p for p in batch if p[3] == nic_id]
+            has_direction = any(p[4] for p in frames[:64])
+            if not macs and not has_direction and nic.linktype == LINKTYPE_ETHERNET:
+                guess = guess_local_mac([(p[1][6:12], p[1][0:6]) for p in frames[:4000] if len(p[1]) >= 14])
+                if guess:
+                    macs = {guess}
+                    log.info("%s: no direction metadata; capture taken on %s (guessed from its frames)",
+                             nic.name, guess.hex(":"))
+            mac = next(iter(macs), b"")
+            capture_nic = int.from_bytes(mac[2:6], "big") if len(mac) == 6 else 0
+            self.table.add_nic(nic_id, NicInfo(name=nic.name, role=role, linktype=nic.linktype,
+                                               capture_nic=capture_nic, netns=nic.netns,
+                                               near=NearEnd(role, frozenset(macs), self.local_ips)))
+            self.nic_rows.append((self.cfg.agent_id, capture_nic, nic.name, nic.netns, role, mac.hex(":")))
+
+    # -- main loops -------------------------------------------------------------------------
+    def run(self, source, stop: threading.Event | None = None, now_us=None) -> None:
+        """Consume ``source`` until it ends (files) or ``stop`` is set (live), then flush all."""
+        table = self.table
+        flush_every = self.cfg.writer.flush_interval_s
+        self.source = source
+        registered = self._registered
+        for batch in source.batches():
+            if batch and (len(registered) < len(source.nics) or batch[0][3] not in registered):
+                self.register_nics(source, batch)
+            if batch:
+                table.process(batch)
+            elif now_us is not None:
+                table.advance(now_us())
+            if self.live and time.monotonic() - self._last_flush >= flush_every:
+                if now_us is not None:
+                    table.advance(now_us())
+                self._flush_l4()
+                self._flush_metrics()
+            elif not self.live and self.metrics.pending() >= 200_000:
+                self._flush_metrics()
+            if stop is not None and stop.is_set():
+                break
+        self.finish()
+
+    def finish(self) -> None:
+        """End of capture: every flow's final row, every pending metric, then wait for the writer."""
+        self.table.flush()
+        self._flush_l4()
+        self._flush_metrics(final=True)
+        self.writer.flush()
+
+    # -- self-metrics ----------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Counters for the summary and for /metrics (all cumulative since start)."""
+        ws = self.writer.stats
+        return {
+            "table": dict(self.table.stats),
+            "flows_active": self.table.nflows,
+            "decode_skipped": dict(self.table.decoder.skipped),
+            "decode_notes": dict(self.table.decoder.seen),
+            "capture": self.source.stats() if self.source is not None else {},
+            "rows_written": dict(ws.rows_written),
+            "rows_dropped": dict(ws.rows_dropped),
+            "spool_bytes": ws.spool_bytes,
+            "rows_spooled": ws.rows_spooled,
+            "insert_errors": ws.insert_errors,
+            "last_error": ws.last_error,
+        }
+
+
+def agent_name(cfg: Config) -> str:
+    return cfg.agent_name or socket.gethostname()
+
+
+def spool_dir(cfg: Config) -> Path:
+    return Path(cfg.writer.spool_dir)

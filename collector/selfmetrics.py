@@ -1,0 +1,66 @@
+"""The collector's own counters in Prometheus text format, read from live state at scrape time
+(nothing on the packet path updates a Prometheus object)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class _SnapshotCollector:
+    def __init__(self, snapshot: Callable[[], dict]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self):
+        s = self.snapshot()
+        t = s["table"]
+        c = CounterMetricFamily("flowscope_packets", "Packets seen by the flow table")
+        c.add_metric([], t.get("packets", 0))
+        yield c
+        c = CounterMetricFamily("flowscope_bytes", "Bytes (on the wire) seen by the flow table")
+        c.add_metric([], t.get("bytes", 0))
+        yield c
+        c = CounterMetricFamily("flowscope_packets_skipped", "Packets skipped by the decoder", labels=["reason"])
+        for reason, n in s["decode_skipped"].items():
+            c.add_metric([reason], n)
+        yield c
+        cap = s.get("capture", {})
+        c = CounterMetricFamily("flowscope_capture_dropped", "Packets dropped before decoding",
+                                labels=["reason"])
+        c.add_metric(["kernel"], cap.get("kernel_drops", 0))
+        c.add_metric(["malformed_record"], cap.get("malformed", 0))
+        yield c
+        g = GaugeMetricFamily("flowscope_flows_active", "Flows in the flow table")
+        g.add_metric([], s["flows_active"])
+        yield g
+        for name, key, doc in (("flowscope_flows_created", "flows_created", "Flows created"),
+                               ("flowscope_flows_closed", "flows_closed", "Flows ended (any close type)"),
+                               ("flowscope_flows_evicted", "flows_evicted",
+                                "Flows evicted because the table was full (reported as ForcedReport)")):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], t.get(key, 0))
+            yield c
+        c = CounterMetricFamily("flowscope_rows_written", "Rows inserted into ClickHouse", labels=["table"])
+        for table, n in s["rows_written"].items():
+            c.add_metric([table], n)
+        yield c
+        c = CounterMetricFamily("flowscope_rows_dropped", "Rows dropped (writer queue full or unconvertible)",
+                                labels=["table"])
+        for table, n in s["rows_dropped"].items():
+            c.add_metric([table], n)
+        yield c
+        g = GaugeMetricFamily("flowscope_spool_bytes", "Bytes waiting in the disk spool")
+        g.add_metric([], s["spool_bytes"])
+        yield g
+        c = CounterMetricFamily("flowscope_insert_errors", "Failed ClickHouse inserts")
+        c.add_metric([], s["insert_errors"])
+        yield c
+
+
+def prometheus_text(snapshot: Callable[[], dict]) -> Callable[[], bytes]:
+    """A function returning the current self-metrics as Prometheus exposition text."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snapshot))
+    return lambda: generate_latest(registry)

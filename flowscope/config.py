@@ -1,0 +1,126 @@
+"""Configuration: one YAML file (``--config`` / ``$FLOWSCOPE_CONFIG``), every key optional.
+
+Read once by the CLI and passed down as plain dataclasses; nothing deeper reads the environment.
+See the README ("Configuration") for the annotated defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from collector.flow.observation import DEFAULT_RULES, ROLES
+from collector.flow.tcp import Timeouts
+
+ENV_CONFIG = "FLOWSCOPE_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+@dataclass
+class CaptureConfig:
+    # Interface-glob → role (own, pod, node, local, mirror); first match wins.
+    interfaces: list[tuple[str, str]] = field(default_factory=lambda: list(DEFAULT_RULES))
+    snaplen: int = 65535
+    decap: list[str] = field(default_factory=lambda: ["vxlan", "geneve", "ipip", "gre"])
+    vxlan_ports: list[int] = field(default_factory=lambda: [4789, 8472])
+    geneve_port: int = 6081
+    # For pcap files without direction metadata: the capturing host's MACs / IPs (else guessed).
+    local_macs: list[str] = field(default_factory=list)
+    local_ips: list[str] = field(default_factory=list)
+    rescan_s: float = 5.0
+    ring_block_kb: int = 4096
+    ring_blocks: int = 64
+
+
+@dataclass
+class FlowSettings:
+    max_flows: int = 1_000_000
+    server_ports: list[int] = field(default_factory=list)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass
+class WriterConfig:
+    queue_batches: int = 64
+    spool_dir: str = ".flowscope/spool"
+    spool_max_mb: int = 1024
+    flush_interval_s: float = 1.0
+
+
+@dataclass
+class DatasourceConfig:
+    listen: str = "127.0.0.1:20416"
+    max_execution_time_s: int = 30
+    max_result_rows: int = 1_000_000
+    max_memory_mb: int = 2048
+
+
+@dataclass
+class Config:
+    clickhouse: str | None = None          # DSN; None = $FLOWSCOPE_CLICKHOUSE or the embedded store
+    agent_id: int = 1
+    agent_name: str = ""                   # default: the host name
+    retention_hours: dict[str, int] = field(default_factory=dict)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    flow: FlowSettings = field(default_factory=FlowSettings)
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    datasource: DatasourceConfig = field(default_factory=DatasourceConfig)
+
+    def validate(self) -> Config:
+        if not 0 < self.agent_id < 65536:
+            raise ConfigError(f"agent_id: must be 1..65535, got {self.agent_id}")
+        for i, rule in enumerate(self.capture.interfaces):
+            if len(rule) != 2 or rule[1] not in ROLES:
+                raise ConfigError(f"capture.interfaces[{i}]: expected {{match: GLOB, role: {'|'.join(ROLES)}}}, "
+                                  f"got {rule!r}")
+        unknown = set(self.capture.decap) - {"vxlan", "geneve", "ipip", "gre"}
+        if unknown:
+            raise ConfigError(f"capture.decap: unknown tunnel(s) {sorted(unknown)} (known: vxlan geneve ipip gre)")
+        if self.flow.max_flows < 1000:
+            raise ConfigError(f"flow.max_flows: at least 1000, got {self.flow.max_flows}")
+        return self
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        f = known.get(key)
+        where = f"{path}.{key}" if path else key
+        if f is None:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+        default = getattr(cls(), key) if is_dataclass(cls) else None
+        if is_dataclass(default):
+            kwargs[key] = _build(type(default), value, where)
+        elif key == "interfaces":
+            try:
+                kwargs[key] = [(r["match"], r["role"]) for r in value]
+            except (TypeError, KeyError) as e:
+                raise ConfigError(f"{where}: expected a list of {{match: GLOB, role: ROLE}}") from e
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Defaults, overlaid with the YAML file at ``path`` (or $FLOWSCOPE_CONFIG) if any."""
+    path = path or os.environ.get(ENV_CONFIG)
+    if not path:
+        return Config().validate()
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    return _build(Config, data, "").validate()
