@@ -112,7 +112,7 @@ class Collector:
             macs = {nic.mac} if nic.mac else set(self.local_macs)
             frames = [p for p in batch if p[3] == nic_id]
             has_direction = any(p[4] for p in frames[:64])
-            if not macs and not has_direction and nic.linktype == LINKTYPE_ETHERNET:
+            if not macs and not self.local_ips and not has_direction and nic.linktype == LINKTYPE_ETHERNET:
                 guess = guess_local_mac([(p[1][6:12], p[1][0:6]) for p in frames[:4000] if len(p[1]) >= 14])
                 if guess:
                     macs = {guess}

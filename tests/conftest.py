@@ -3,14 +3,11 @@ closes it again; tests that need a second store at the same time run the CLI in 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from flowscope.storage import connect
-
-DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture
@@ -27,6 +24,3 @@ def chdb(chdb_dsn: str):
     finally:
         client.close()
 
-
-def is_root() -> bool:
-    return os.geteuid() == 0

@@ -1,0 +1,111 @@
+"""Run one checked query on a read-only ClickHouse client and shape DeepFlow's ``/v1/query/``
+envelope (``OPT_STATUS``, ``DESCRIPTION``, ``result.columns/values/schemas``, ``debug``).
+
+Shared by the HTTP API and ``flowscope query`` so both answer identically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from datasource.guard import QueryRejected, QuerySyntaxError, check_and_resolve
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_execution_time_s: int = 30
+    max_result_rows: int = 1_000_000
+    max_memory_mb: int = 2048
+
+    def settings(self) -> dict[str, Any]:
+        """Read-only session settings: ClickHouse itself refuses writes, DDL and SETTINGS changes
+        beyond these, and stops runaway queries."""
+        return {
+            "readonly": 1,
+            "max_execution_time": self.max_execution_time_s,
+            "max_result_rows": self.max_result_rows,
+            "result_overflow_mode": "throw",
+            "max_memory_usage": self.max_memory_mb << 20,
+        }
+
+
+class QueryFailed(RuntimeError):
+    """ClickHouse refused or failed the query."""
+
+
+def envelope(result: dict | None = None, *, status: str = "SUCCESS", description: str = "",
+             debug: dict | None = None) -> dict:
+    return {"OPT_STATUS": status, "DESCRIPTION": description, "result": result, "debug": debug}
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, float):
+        return 0 if math.isnan(v) or math.isinf(v) else v
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=dt.UTC)
+        return v.isoformat().replace("+00:00", "Z")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, list | tuple):
+        return [_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _value(x) for k, x in v.items()}
+    return v
+
+
+class QueryEngine:
+    """Checks, translates and executes queries; one lock because a chDB session is not
+    meant for concurrent queries from several threads."""
+
+    def __init__(self, client, limits: Limits | None = None) -> None:
+        self.client = client
+        self.limits = limits or Limits()
+        self._settings = self.limits.settings()
+        self._lock = threading.Lock()
+
+    def translate(self, sql: str, db: str | None, data_precision: str | None = None) -> str:
+        return check_and_resolve(sql, db, data_precision)
+
+    def query(self, sql: str, db: str | None, data_precision: str | None = None, *,
+              debug: bool = False) -> tuple[int, dict]:
+        """(HTTP status, envelope) for one request."""
+        try:
+            ch_sql = self.translate(sql, db, data_precision)
+        except QuerySyntaxError as e:
+            return 500, envelope(status="FAIL", description=str(e))
+        except QueryRejected as e:
+            return 400, envelope(status="INVALID_POST_DATA", description=str(e))
+        t0 = time.perf_counter()
+        try:
+            with self._lock:
+                res = self.client.query(ch_sql, settings=self._settings)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            dbg = {"query_sqls": [{"IP": "", "Sql": ch_sql, "QueryTime": f"{time.perf_counter() - t0:.9f}s",
+                                   "QueryUUID": str(uuid.uuid4()), "Error": msg}]}
+            return 500, envelope(status="FAIL", description=msg, debug=dbg)
+        elapsed = time.perf_counter() - t0
+        types = [t.name for t in res.column_types]
+        rows = res.result_rows
+        result = {
+            "columns": list(res.column_names),
+            "values": [[_value(v) for v in r] for r in rows] if rows else None,
+            "schemas": [{"unit": "", "type": 0, "value_type": t, "pre_as": "", "label_type": ""} for t in types],
+        }
+        dbg = None
+        if debug:
+            dbg = {"query_sqls": [{"IP": "", "Sql": ch_sql, "QueryTime": f"{elapsed:.9f}s",
+                                   "QueryUUID": str(uuid.uuid4()), "Error": ""}]}
+        return 200, envelope(result, debug=dbg)

@@ -1,0 +1,339 @@
+"""``flowscope`` command line: collect, query, up, db migrate.
+
+This is the one place where objects are wired together from the configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flowscope import config as config_mod
+from flowscope import storage
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Zero-code network observability: packets → flows and metrics in ClickHouse, "
+                       "queried with DeepFlow's SQL.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema commands.")
+app.add_typer(db_app, name="db")
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file ($FLOWSCOPE_CONFIG).")]
+DsnOpt = Annotated[str | None, typer.Option("--clickhouse", help="ClickHouse DSN: chdb:///DIR (embedded, "
+                                            "default ./.flowscope/chdb) or http(s)://user:pass@host:8123/ "
+                                            "($FLOWSCOPE_CLICKHOUSE).")]
+DEFAULT_LISTEN = "127.0.0.1:20416"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load_config(path: Path | None, dsn: str | None) -> config_mod.Config:
+    try:
+        cfg = config_mod.load(path)
+    except config_mod.ConfigError as e:
+        err.print(f"[red]config error:[/red] {e}")
+        raise typer.Exit(2) from e
+    if dsn:
+        cfg.clickhouse = dsn
+    return cfg
+
+
+def _connect(cfg: config_mod.Config, **kw):
+    try:
+        return storage.connect(cfg.clickhouse, **kw)
+    except storage.StorageError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from e
+
+
+def _migrate(client, cfg: config_mod.Config, cluster: str | None = None):
+    from flowscope import migrate
+
+    try:
+        return migrate.apply(client, cluster=cluster, retention=cfg.retention_hours or None)
+    except (ValueError, migrate.MigrationError) as e:
+        err.print(f"[red]migration failed:[/red] {e}")
+        raise typer.Exit(1) from e
+
+
+def _stop_event() -> threading.Event:
+    """SIGINT / SIGTERM set the event: the collector flushes every flow and exits cleanly."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        err.print(f"[yellow]{signal.Signals(signum).name}: flushing flows and stopping…[/yellow]")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _open_source(cfg: config_mod.Config, pcap: bool, iface: bool, sources: list[str], workers_fanout=None):
+    from collector.capture.base import CaptureError
+
+    if pcap == iface:
+        err.print("[red]error:[/red] say what SOURCES are: --pcap FILE... or --iface PATTERN...")
+        raise typer.Exit(2)
+    if not sources:
+        err.print("[red]error:[/red] no " + ("pcap files" if pcap else "interface patterns") + " given")
+        raise typer.Exit(2)
+    try:
+        if pcap:
+            from collector.capture.pcap import PcapSource
+
+            missing = [s for s in sources if not Path(s).is_file()]
+            if missing:
+                err.print(f"[red]error:[/red] no such file: {', '.join(missing)}")
+                raise typer.Exit(2)
+            return PcapSource(list(sources)), False
+        from collector.capture.afpacket import AfPacketSource
+
+        c = cfg.capture
+        return AfPacketSource(list(sources), snaplen=c.snaplen, block_size=c.ring_block_kb << 10,
+                              block_count=c.ring_blocks, rescan_s=c.rescan_s, fanout=workers_fanout), True
+    except CaptureError as e:
+        err.print(f"[red]capture error:[/red] {e}")
+        raise typer.Exit(1) from e
+
+
+def _build_collector(cfg: config_mod.Config, client, live: bool):
+    from collector.pipeline import Collector, spool_dir, tune_gc
+    from collector.writer import Writer
+
+    writer = Writer(client, block=not live, queue_batches=cfg.writer.queue_batches, spool_dir=spool_dir(cfg),
+                    spool_max_bytes=cfg.writer.spool_max_mb << 20)
+    col = Collector(cfg, writer, live=live)
+    writer.registry = col.tagger.registry
+    writer.replay_spool()
+    tune_gc()
+    return col
+
+
+def _print_summary(col, elapsed: float) -> None:
+    s = col.snapshot()
+    t = s["table"]
+    tab = Table(title="flowscope collect", show_header=False, box=None)
+    rate = t["packets"] / elapsed if elapsed > 0 else 0
+    tab.add_row("packets", f"{t['packets']:,} ({t['bytes']:,} bytes) in {elapsed:.1f}s, {rate:,.0f} pkt/s")
+    tab.add_row("flows", f"{t['flows_created']:,} created, {t['flows_closed']:,} ended, "
+                         f"{t['flows_evicted']:,} evicted")
+    for table_name, n in sorted(s["rows_written"].items()):
+        tab.add_row(f"rows → {table_name}", f"{n:,}")
+    for table_name, n in sorted(s["rows_dropped"].items()):
+        tab.add_row(f"[red]rows dropped[/red] {table_name}", f"{n:,}")
+    if s["rows_spooled"]:
+        tab.add_row("[yellow]spooled (ClickHouse down)[/yellow]", f"{s['rows_spooled']:,} rows, {s['spool_bytes']:,} bytes")
+    for reason, n in sorted(s["decode_skipped"].items()):
+        tab.add_row("skipped", f"{n:,} {reason}")
+    cap = s["capture"]
+    if cap.get("malformed"):
+        tab.add_row("malformed records", f"{cap['malformed']:,}")
+    if cap.get("kernel_drops"):
+        tab.add_row("[red]kernel drops[/red]", f"{cap['kernel_drops']:,}")
+    err.print(tab)
+
+
+@app.command()
+def collect(
+    sources: Annotated[list[str] | None, typer.Argument(help="pcap/pcapng files (--pcap) or interface "
+                                                        "globs, optionally NETNS/GLOB (--iface)")] = None,
+    pcap: Annotated[bool, typer.Option("--pcap", help="SOURCES are pcap/pcapng files: process them, "
+                                       "flush every flow, exit.")] = False,
+    iface: Annotated[bool, typer.Option("--iface", help="SOURCES are interface globs (eth0, veth*, *_h, "
+                                        "NETNS/eth0): capture live until SIGINT/SIGTERM.")] = False,
+    clickhouse: DsnOpt = None,
+    config: ConfigOpt = None,
+    local_ip: Annotated[list[str] | None, typer.Option("--local-ip", help="IP of the capturing host (pcaps "
+                                                       "without direction metadata); repeatable.")] = None,
+    max_flows: Annotated[int | None, typer.Option(help="Maximum concurrent flows (memory bound).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Capture or replay packets into flow logs and network metrics."""
+    _setup_logging(verbose)
+    cfg = _load_config(config, clickhouse)
+    if local_ip:
+        cfg.capture.local_ips = list(local_ip)
+    if max_flows:
+        cfg.flow.max_flows = max_flows
+    source, live = _open_source(cfg, pcap, iface, sources or [])
+    client = _connect(cfg)
+    _migrate(client, cfg)
+    col = _build_collector(cfg, client, live)
+    stop = _stop_event() if live else None
+    t0 = time.monotonic()
+    try:
+        col.run(source, stop, now_us=getattr(source, "now_us", None))
+    finally:
+        source.close()
+        col.writer.close()
+    _print_summary(col, time.monotonic() - t0)
+
+
+def _print_envelope(body: dict, as_table: bool) -> None:
+    if not as_table or body.get("OPT_STATUS") != "SUCCESS":
+        typer.echo(json.dumps(body, indent=1, ensure_ascii=False, default=str))
+        return
+    res = body["result"]
+    tab = Table(*res["columns"])
+    for row in res["values"] or []:
+        tab.add_row(*(str(v) for v in row))
+    Console().print(tab)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="The query.")],
+    db: Annotated[str | None, typer.Option("--db", help="flow_log, flow_metrics or flow_tag")] = None,
+    data_precision: Annotated[str | None, typer.Option("--data-precision", help="1s or 1m for flow_metrics "
+                                                       "tables")] = None,
+    clickhouse: DsnOpt = None,
+    datasource: Annotated[str | None, typer.Option("--datasource", help="Ask a running flowscope datasource "
+                                                   "(e.g. http://127.0.0.1:20416) instead of opening the store.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Include the ClickHouse SQL that ran.")] = False,
+    table: Annotated[bool, typer.Option("--table", help="Print rows as a table instead of JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run one query and print DeepFlow's /v1/query/ JSON envelope."""
+    cfg = _load_config(config, clickhouse)
+    if datasource is None:
+        try:
+            client = storage.connect(cfg.clickhouse)
+        except storage.StorageError as e:
+            if storage.is_embedded(storage.resolve_dsn(cfg.clickhouse)) and _datasource_up(DEFAULT_LISTEN):
+                datasource = f"http://{DEFAULT_LISTEN}"
+            else:
+                err.print(f"[red]error:[/red] {e}")
+                raise typer.Exit(1) from e
+    if datasource is not None:
+        body = _http_query(datasource, sql, db, data_precision, debug)
+    else:
+        from datasource.engine import Limits, QueryEngine
+
+        ds = cfg.datasource
+        engine = QueryEngine(client, Limits(ds.max_execution_time_s, ds.max_result_rows, ds.max_memory_mb))
+        _, body = engine.query(sql, db, data_precision, debug=debug)
+        client.close()
+    _print_envelope(body, table)
+    raise typer.Exit(0 if body.get("OPT_STATUS") == "SUCCESS" else 1)
+
+
+def _datasource_up(listen: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://{listen}/v1/health/", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _http_query(url: str, sql: str, db: str | None, precision: str | None, debug: bool) -> dict:
+    import httpx
+
+    form = {"sql": sql, **({"db": db} if db else {}), **({"data_precision": precision} if precision else {})}
+    try:
+        r = httpx.post(url.rstrip("/") + "/v1/query/" + ("?debug=true" if debug else ""), data=form, timeout=120)
+        return r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        err.print(f"[red]error:[/red] datasource {url}: {e}")
+        raise typer.Exit(1) from e
+
+
+@app.command()
+def up(
+    sources: Annotated[list[str] | None, typer.Argument(help="pcap files (--pcap) or interface globs "
+                                                        "(--iface); none: serve the store only")] = None,
+    pcap: Annotated[bool, typer.Option("--pcap", help="Replay SOURCES (pcap files), then keep serving.")] = False,
+    iface: Annotated[bool, typer.Option("--iface", help="Capture live on SOURCES (interface globs).")] = False,
+    listen: Annotated[str | None, typer.Option(help=f"Datasource address (default {DEFAULT_LISTEN}).")] = None,
+    clickhouse: DsnOpt = None,
+    config: ConfigOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Embedded all-in-one: capture or replay + store + datasource HTTP API, in one process."""
+    import uvicorn
+
+    from collector.selfmetrics import prometheus_text
+    from datasource.app import create_app
+    from datasource.engine import Limits, QueryEngine
+
+    _setup_logging(verbose)
+    cfg = _load_config(config, clickhouse)
+    source = live = None
+    if sources or pcap or iface:
+        source, live = _open_source(cfg, pcap, iface, sources or [])
+    client = _connect(cfg)
+    _migrate(client, cfg)
+    qclient = _connect(cfg)
+    ds = cfg.datasource
+    engine = QueryEngine(qclient, Limits(ds.max_execution_time_s, ds.max_result_rows, ds.max_memory_mb))
+    col = _build_collector(cfg, client, bool(live))
+    stop = _stop_event()
+    metrics = prometheus_text(col.snapshot)
+    web = create_app(engine, metrics=metrics, health=lambda: {"flows_active": col.table.nflows})
+    host, _, port = (listen or ds.listen or DEFAULT_LISTEN).rpartition(":")
+    server = uvicorn.Server(uvicorn.Config(web, host=host or "127.0.0.1", port=int(port), log_level="warning"))
+    server.install_signal_handlers = lambda: None
+    web_thread = threading.Thread(target=server.run, name="flowscope-datasource", daemon=True)
+    web_thread.start()
+    err.print(f"flowscope datasource on http://{host}:{port}/v1/query/  (Ctrl-C stops)")
+    t0 = time.monotonic()
+    try:
+        if source is not None:
+            col.run(source, stop, now_us=getattr(source, "now_us", None))
+            source.close()
+            _print_summary(col, time.monotonic() - t0)
+        while not stop.is_set():
+            stop.wait(0.5)
+    finally:
+        server.should_exit = True
+        web_thread.join(5)
+        col.writer.close()
+
+
+@db_app.command("migrate")
+def db_migrate(
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Create ReplicatedMergeTree + Distributed "
+                                                "tables ON CLUSTER NAME (needs a ClickHouse server).")] = None,
+    print_only: Annotated[bool, typer.Option("--print", help="Print the DDL that would run; change nothing.")] = False,
+    clickhouse: DsnOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Apply the numbered schema files in sql/ (idempotent) and the configured retention."""
+    from flowscope import migrate
+
+    cfg = _load_config(config, clickhouse)
+    if print_only:
+        for stmt in migrate.render(cluster, cfg.retention_hours or None):
+            typer.echo(stmt.rstrip() + ";\n")
+        return
+    if cluster and storage.is_embedded(storage.resolve_dsn(cfg.clickhouse)):
+        err.print("[red]error:[/red] --cluster needs a ClickHouse server (http(s):// DSN); the embedded engine "
+                  "runs the single-node schema. Use --print to see the cluster DDL.")
+        raise typer.Exit(2)
+    client = _connect(cfg)
+    report = _migrate(client, cfg, cluster)
+    typer.echo(report.summary())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
