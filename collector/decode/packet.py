@@ -8,6 +8,7 @@ IPv4 addresses are ints, IPv6 addresses 16-byte ``bytes``.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import OrderedDict
 from typing import NamedTuple
@@ -65,15 +66,25 @@ class Decoder:
         self.max_tiers = max_tunnel_tiers
         self.skipped: dict[str, int] = {}
         self.seen: dict[str, int] = {}          # notable but valid: fragments, non-IP frames
+        self.last_skip: dict[str, str] = {}
         self._frags: OrderedDict[tuple, tuple[int, int]] = OrderedDict()
         self._frag_cap = fragment_cache
 
     # -- counters ---------------------------------------------------------------------------
     def _skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        """Count a skipped frame by the kind of problem (numbers folded, so the set of reasons stays
+        small enough for metric labels); the last full message per kind is kept for logs."""
+        key = _reason_key(reason)
+        self.skipped[key] = self.skipped.get(key, 0) + 1
+        self.last_skip[key] = reason
 
     def _note(self, what: str) -> None:
-        self.seen[what] = self.seen.get(what, 0) + 1
+        """Count something valid but not decoded (ARP, LLDP, fragments): at most 64 kinds, the rest
+        in one bucket, so random garbage cannot grow the dict."""
+        seen = self.seen
+        if what not in seen and len(seen) >= 64:
+            what = "non-IP ethertype (other)"
+        seen[what] = seen.get(what, 0) + 1
 
     # -- entry point ------------------------------------------------------------------------
     def decode(self, frame: bytes, linktype: int = ETH):
@@ -89,12 +100,12 @@ class Decoder:
             self._skip("truncated header")
             return None
 
-    def _net(self, frame: bytes, off: int, et: int, l2: int, tier: int, tunnel: Tunnel | None):
+    def _net(self, frame: bytes, off: int, et: int, l2: int, tier: int, tunnel: Tunnel | None,
+             vlan: int = 0):
         """From an ethertype at ``off`` down to L4. Common shapes (IPv4 without options or IPv6
         without extension headers, carrying TCP/UDP, VXLAN/Geneve inside) stay in this loop;
-        everything else takes the general path below."""
+        everything else takes the general path below. ``vlan`` is an outer tag kept across IPIP."""
         n = len(frame)
-        vlan = 0
         while True:
             if et == 0x0800:
                 if n < off + 20 or frame[off] != 0x45:
@@ -109,6 +120,7 @@ class Decoder:
                 if n < off + 40 or frame[off] >> 4 != 6:
                     return self._ipv6(frame, off, vlan, l2, tier, tunnel)
                 l3, proto, src, dst = _ip6(frame, off)
+                l3 = l3 or n - off - 40     # 0: BIG TCP GSO super-frame, like IPv4 TSO's total 0
                 if proto != 6 and proto != 17:
                     return self._ipv6(frame, off, vlan, l2, tier, tunnel)
                 is_v4 = 0
@@ -137,16 +149,18 @@ class Decoder:
                 if thl < 20:
                     self._skip(f"bad TCP data offset {thl}")
                     return None
+                # Snapped header-only captures may cut the options: the payload starts at most at the end.
                 return (src, dst, sport, dport, 6, l3, l3 - thl if l3 > thl else 0,
-                        flags | (doff & 1) << 8, seq, ack, win, l4o, l4o + thl, is_v4, et, vlan, l2,
-                        tunnel)
+                        flags | (doff & 1) << 8, seq, ack, win, l4o, l4o + thl if n >= l4o + thl else n,
+                        is_v4, et, vlan, l2, tunnel)
             if proto == 17:
                 if n < l4o + 8:
                     self._skip(f"truncated UDP header (need 8, have {n - l4o})")
                     return None
                 sport, dport = _ports(frame, l4o)
                 if dport in self.tunnel_udp_ports and tier < self.max_tiers:
-                    inner = self._udp_tunnel(frame, l4o + 8, dport, src, dst, is_v4, tier, tunnel)
+                    inner = self._udp_tunnel(frame, l4o + 8, l4o + l3, dport, src, dst, is_v4, tier,
+                                             tunnel)
                     if inner is not None:
                         if inner[0] < 0:
                             return None
@@ -158,29 +172,42 @@ class Decoder:
                         is_v4, et, vlan, l2, tunnel)
             return self._l4(frame, l4o, l3, proto, src, dst, is_v4, et, vlan, l2, tier, tunnel)
 
-    def _udp_tunnel(self, frame, off, dport, src, dst, is_v4, tier, tunnel):
+    def _udp_tunnel(self, frame, off, end, dport, src, dst, is_v4, tier, tunnel):
         """VXLAN / Geneve header at ``off`` → (inner offset, ethertype, l2 offset, tunnel), None
-        when it is not a tunnel after all, or (-1, …) when it is broken (counted)."""
+        when it is not a tunnel after all, or (-1, …) when it is broken (counted). ``end`` is where
+        the IP length says the datagram ends: a datagram too short for the header is no tunnel
+        (bytes past ``end`` are Ethernet padding or a trailer), a capture cut short is truncated."""
         n = len(frame)
         if dport in self.vxlan_ports:
+            # RFC 7348: the I flag marks a valid VNI; without it this is plain UDP.
+            if end < off + 22 or (n > off and not frame[off] & 0x08):
+                return None
+            if n < off + 8:
+                self._skip(f"truncated VXLAN header (need 8, have {n - off})")
+                return -1, 0, 0, None
             if n < off + 22:
-                return None
-            flags, vni = _vxlan(frame, off)
-            if not flags & 0x08:  # RFC 7348: the I flag marks a valid VNI
-                return None
+                self._skip(f"truncated VXLAN inner Ethernet header (need 14, have {n - off - 8})")
+                return -1, 0, 0, None
+            vni = _vxlan(frame, off)[1]
             t = _outer(tunnel, TunnelType.VXLAN, tier, vni >> 8, src, dst, is_v4)
             return off + 22, frame[off + 20] << 8 | frame[off + 21], off + 8, t
-        if n < off + 8:
+        if end < off + 8:
             return None
+        if n < off + 8:
+            self._skip(f"truncated Geneve header (need 8, have {n - off})")
+            return -1, 0, 0, None
         vo, _flags, ptype, vni = _geneve(frame, off)
         if vo >> 6:  # RFC 8926 §3.4: version 0 only
             self._skip(f"unknown Geneve version {vo >> 6}")
             return -1, 0, 0, None
         inner = off + 8 + (vo & 0x3F) * 4  # options length in 4-byte words (RFC 8926 §3.5)
+        if n < inner:
+            self._skip(f"truncated Geneve options (need {inner - off - 8}, have {n - off - 8})")
+            return -1, 0, 0, None
         t = _outer(tunnel, TunnelType.GENEVE, tier, vni >> 8, src, dst, is_v4)
         if ptype == 0x6558:
             if n < inner + 14:
-                self._skip("truncated Geneve payload")
+                self._skip(f"truncated Geneve inner Ethernet header (need 14, have {n - inner})")
                 return -1, 0, 0, None
             return inner + 14, frame[inner + 12] << 8 | frame[inner + 13], inner, t
         if ptype in (0x0800, 0x86DD):
@@ -205,7 +232,10 @@ class Decoder:
                 self._skip("empty frame")
                 return None
             v = frame[0] >> 4
-            return self._l3(frame, 0, 0x0800 if v == 4 else 0x86DD if v == 6 else 0, 0, None)
+            if v != 4 and v != 6:
+                self._skip(f"bad IP version {v}")
+                return None
+            return self._l3(frame, 0, 0x0800 if v == 4 else 0x86DD, 0, None)
         if linktype == NULL:
             if len(frame) < 4:
                 self._skip("truncated loopback header")
@@ -263,7 +293,7 @@ class Decoder:
             return None
         plen, nh, src, dst = _ip6(frame, off)
         p = off + 40
-        end = p + plen
+        end = p + (plen or n - 40)  # 0: BIG TCP GSO super-frame, the captured length
         for _ in range(8):
             if nh in IPV6_EXT:
                 if len(frame) < p + 8:
@@ -285,6 +315,9 @@ class Decoder:
                 fo_m = _u16(frame, p + 2)[0]
                 ident = _u32(frame, p + 4)[0]
                 p += 8
+                if p > end:
+                    self._skip("IPv6 extension headers exceed the payload length")
+                    return None
                 return self._fragment(frame, (src, dst, nxt, ident), fo_m >> 3, fo_m & 1, p, end - p,
                                       nxt, src, dst, 0, 0x86DD, vlan, l2, tier, tunnel)
             else:
@@ -295,13 +328,16 @@ class Decoder:
         if p > end:
             self._skip("IPv6 extension headers exceed the payload length")
             return None
+        if p > len(frame):
+            self._skip("truncated IPv6 extension header")
+            return None
         return self._l4(frame, p, end - p, nh, src, dst, 0, 0x86DD, vlan, l2, tier, tunnel)
 
     def _fragment(self, frame, fkey, frag_off, more, l4, l3, proto, src, dst, is_v4, et, vlan, l2,
                   tier, tunnel):
         """First fragments carry ports (remembered); later ones borrow them from the cache."""
         if frag_off == 0:
-            self._note("IP fragment (first)")
+            self.seen["IP fragment (first)"] = self.seen.get("IP fragment (first)", 0) + 1
             pkt = self._l4(frame, l4, l3, proto, src, dst, is_v4, et, vlan, l2, tier, tunnel,
                            fragment=True)
             if pkt is not None:
@@ -316,7 +352,7 @@ class Decoder:
         if ports is None:
             self._skip("IP fragment without its first fragment")
             return None
-        self._note("IP fragment (non-first)")
+        self.seen["IP fragment (non-first)"] = self.seen.get("IP fragment (non-first)", 0) + 1
         return (src, dst, ports[0], ports[1], proto, l3, l3, 0, 0, 0, 0, l4, l4, is_v4, et, vlan, l2,
                 tunnel)
 
@@ -337,14 +373,14 @@ class Decoder:
                 return None
             l4 = max(l3 - thl, 0)
             return (src, dst, sport, dport, 6, l3, l4, flags | (doff & 1) << 8, seq, ack, win, off,
-                    off + thl, is_v4, et, vlan, l2, tunnel)
+                    off + min(thl, n), is_v4, et, vlan, l2, tunnel)
         if proto == 17:
             if n < 8:
                 self._skip(f"truncated UDP header (need 8, have {n})")
                 return None
             sport, dport, _ulen = _udp(frame, off)
             if not fragment and tier < self.max_tiers and dport in self.tunnel_udp_ports:
-                inner = self._udp_tunnel(frame, off + 8, dport, src, dst, is_v4, tier, tunnel)
+                inner = self._udp_tunnel(frame, off + 8, off + l3, dport, src, dst, is_v4, tier, tunnel)
                 if inner is not None:
                     if inner[0] < 0:
                         return None
@@ -362,8 +398,9 @@ class Decoder:
                     is_v4, et, vlan, l2, tunnel)
         if tier < self.max_tiers and not fragment:
             if (proto == 4 or proto == 41) and self.decap_ipip:
+                # The outer IP header is cut and the L2 header (tags too) kept (datamodel §5.9).
                 t = _outer(tunnel, TunnelType.IPIP, tier, 0, src, dst, is_v4)
-                return self._l3(frame, off, 0x0800 if proto == 4 else 0x86DD, tier + 1, t)
+                return self._net(frame, off, 0x0800 if proto == 4 else 0x86DD, l2, tier + 1, t, vlan)
             if proto == 47 and self.decap_gre:
                 r = self._gre(frame, off, src, dst, is_v4, vlan, l2, tier, tunnel)
                 if r is not False:
@@ -374,27 +411,29 @@ class Decoder:
     def _gre(self, frame, off, src, dst, is_v4, vlan, l2, tier, tunnel):
         if len(frame) < off + 4:
             return False
-        fl, ptype = struct.unpack_from("!HH", frame, off)
-        if fl & 0x7:  # version 1 is PPTP's enhanced GRE, not a tunnel we decapsulate
+        fl, ptype = _ports(frame, off)
+        # Version 1 is PPTP's enhanced GRE; R (RFC 1701 source routing) adds SREs we do not walk.
+        if fl & 0x4007 or ptype not in (0x6558, 0x0800, 0x86DD):
             return False
-        p = off + 4
-        key = 0
-        if fl & 0x8000:
-            p += 4
-        if fl & 0x2000:
-            if len(frame) < p + 4:
-                self._skip("truncated GRE key")
-                return None
-            key = _u32(frame, p)[0]
-            p += 4
-        if fl & 0x1000:
-            p += 4
+        p = off + 4 + (4 if fl & 0x8000 else 0)    # checksum + reserved1
+        key_at = p
+        p += (4 if fl & 0x2000 else 0) + (4 if fl & 0x1000 else 0)   # key, sequence (RFC 2890)
+        if len(frame) < p:
+            self._skip(f"truncated GRE header (need {p - off}, have {len(frame) - off})")
+            return None
+        key = _u32(frame, key_at)[0] if fl & 0x2000 else 0
         t = _outer(tunnel, TunnelType.GRE, tier, key, src, dst, is_v4)
         if ptype == 0x6558:
             return self._ethernet(frame, p, tier + 1, t)
-        if ptype in (0x0800, 0x86DD):
-            return self._l3(frame, p, ptype, tier + 1, t)
-        return False
+        return self._l3(frame, p, ptype, tier + 1, t)
+
+
+def _reason_key(reason: str) -> str:
+    """'truncated TCP header (need 20, have 11)' → 'truncated TCP header'; numbers → N."""
+    return _NUMBERS.sub("N", reason.split(" (", 1)[0])
+
+
+_NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
 
 def _outer(tunnel: Tunnel | None, ttype: int, tier: int, tid: int, src, dst, is_v4: int) -> Tunnel:

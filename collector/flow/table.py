@@ -26,6 +26,7 @@ from collector.flow.model import (
     CIT,
     MASK32,
     MAX_SEQ_GAPS,
+    N_LAT3,
     RTT,
     RTT_CLIENT,
     RTT_MAX_US,
@@ -134,10 +135,10 @@ class FlowTable:
                 next_tick = (self.sec + 1) * SEC
             lt = lts[nic]
             # Inline fast path: Ethernet, IPv4 without options, TCP, not a fragment.
-            if (lt == 1 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45 and frame[23] == 6
-                    and len(frame) >= 54):
+            if (lt == 1 and len(frame) >= 54 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45
+                    and frame[23] == 6):
                 tot, frag, src, dst, sport, dport, seq, ack, doff, flags, win = ip4_tcp(frame, 16)
-                if frag & 0x3FFF or doff < 0x50:
+                if frag & 0x3FFF or doff < 0x50 or 0 < tot < 40:   # fragments, odd lengths: the decoder judges
                     p = decode(frame, lt)
                     if p is None:
                         skipped += 1
@@ -234,10 +235,15 @@ class FlowTable:
     # -- per-packet slow paths ---------------------------------------------------------------
     @staticmethod
     def _sample(f: Flow, kind: int, value: int) -> None:
-        if f.samples is None:
-            f.samples = [(kind, value)]
-        else:
-            f.samples.append((kind, value))
+        """One latency sample into this second's (sum, count, max) accumulators."""
+        acc = f.lat
+        if acc is None:
+            acc = f.lat = [0] * N_LAT3
+        i = 3 * kind
+        acc[i] += value
+        acc[i + 1] += 1
+        if value > acc[i + 2]:
+            acc[i + 2] = value
 
     @staticmethod
     def _seq_slow(sd: FlowSide, seq: int, length: int) -> None:
