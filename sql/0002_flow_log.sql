@@ -17,6 +17,8 @@
 --   * start_time/end_time: plain ZSTD (−30 % against DoubleDelta, whose deltas are random µs here);
 --     time and _id: DoubleDelta + ZSTD.
 -- Hourly partitions and ttl_only_drop_parts let retention drop whole parts instead of rewriting them.
+-- Sparse serialization is off (ratio 1): on these wide tables it made inserts ~1.5x slower for the same
+-- bytes on disk (bench/insert.py).
 
 CREATE TABLE IF NOT EXISTS flow_log.l4_flow_log
 (
@@ -186,7 +188,7 @@ ENGINE = MergeTree
 PARTITION BY toStartOfHour(time)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, server_port)
 TTL time + INTERVAL 72 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_log.l7_flow_log
 (
@@ -322,4 +324,4 @@ ENGINE = MergeTree
 PARTITION BY toStartOfHour(time)
 ORDER BY (time, l7_protocol, l3_epc_id_1, ip4_1, ip6_1, server_port)
 TTL time + INTERVAL 72 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;

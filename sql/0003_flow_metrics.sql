@@ -117,14 +117,14 @@ ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 12 HOUR)
 ORDER BY (time, l3_epc_id, ip4, ip6, server_port)
 TTL time + INTERVAL 168 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`network.1s` AS flow_metrics.`network.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 4 HOUR)
 ORDER BY (time, l3_epc_id, ip4, ip6, server_port)
 TTL time + INTERVAL 24 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`network_map.1m`
 (
@@ -260,14 +260,14 @@ ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 12 HOUR)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port)
 TTL time + INTERVAL 168 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`network_map.1s` AS flow_metrics.`network_map.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 4 HOUR)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port)
 TTL time + INTERVAL 24 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`application.1m`
 (
@@ -325,14 +325,14 @@ ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 12 HOUR)
 ORDER BY (time, l3_epc_id, ip4, ip6, server_port)
 TTL time + INTERVAL 168 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`application.1s` AS flow_metrics.`application.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 4 HOUR)
 ORDER BY (time, l3_epc_id, ip4, ip6, server_port)
 TTL time + INTERVAL 24 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`application_map.1m`
 (
@@ -415,11 +415,11 @@ ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 12 HOUR)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port)
 TTL time + INTERVAL 168 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`application_map.1s` AS flow_metrics.`application_map.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 4 HOUR)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port)
 TTL time + INTERVAL 24 HOUR
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;

@@ -15,10 +15,12 @@ RTT_MAX_US = 30 * SEC
 SRT_MAX_US = 10 * SEC
 ART_MAX_US = 30 * SEC
 
-# Latency kinds in Flow.samples; accumulators hold (sum, count, max) per kind in this order.
+# Latency kinds; Flow.lat (this second) and Flow.win_lat (this window) hold (sum, count, max)
+# per kind in this order.
 RTT, RTT_CLIENT, RTT_SERVER, SRT, ART, CIT = range(6)
 N_LAT = 6
-ZERO_LAT = (0,) * (3 * N_LAT)
+N_LAT3 = 3 * N_LAT
+ZERO_LAT = (0,) * N_LAT3
 
 ZERO_IP6 = bytes(16)
 # FlowSide.counters order; report.py names these columns.
@@ -55,13 +57,13 @@ class Flow:
     __slots__ = ("art_wait", "client", "dirty", "done", "eth_type", "flow_id", "is_new", "is_new_sec",
                  "is_v4", "keys", "l7", "l7_protocol", "last_ts", "mkey", "nic", "obs", "prev_state",
                  "proto", "report_at", "req_end", "req_ts", "request_domain", "resp_ts", "rst_by_client",
-                 "samples", "score", "server", "server_data", "srt_wait", "start_ts", "state", "static",
+                 "lat", "score", "server", "server_data", "srt_wait", "start_ts", "state", "static",
                  "syn_ts", "synack_ts", "tunnel", "vlan", "win_lat", "win_start")
 
     def __init__(self) -> None:
         self.done = self.dirty = self.srt_wait = self.art_wait = False
         self.server_data = self.rst_by_client = False
-        self.samples = self.win_lat = self.l7 = self.static = None
+        self.lat = self.win_lat = self.l7 = self.static = None
         self.syn_ts = self.synack_ts = self.req_ts = self.resp_ts = self.prev_state = 0
         self.l7_protocol = 0
         self.req_end = -1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from operator import sub
 
-from collector.flow.model import N_LAT, SEC, ZERO_IP6, ZERO_LAT, Flow, side_counters
+from collector.flow.model import N_LAT3, SEC, ZERO_IP6, ZERO_LAT, Flow, side_counters
 from collector.tagging import RESOURCE_COLUMNS
 
 LAT_NAMES = ("rtt", "rtt_client", "rtt_server", "srt", "art", "cit")
@@ -55,24 +55,18 @@ FS_RX = ("packet_rx", "byte_rx", "l3_byte_rx", "l4_byte_rx", "retrans_rx", "zero
 FS_LAT = tuple(f"{n}_{x}" for n in LAT_NAMES for x in ("sum", "count", "max"))
 FS_COLUMNS = ("time",) + FS_KEY + FS_TX + FS_RX + ("new_flow", "direction_score") + FS_LAT
 
-_N3 = 3 * N_LAT
-
-
-def fold_samples(samples: list[tuple[int, int]], into: list[int] | None) -> tuple[tuple, list[int]]:
-    """Latency samples → (sum, count, max) per kind for this second, also added into a window."""
-    sec = [0] * _N3
-    win = into if into is not None else [0] * _N3
-    for kind, v in samples:
-        i = 3 * kind
-        sec[i] += v
-        sec[i + 1] += 1
-        win[i] += v
-        win[i + 1] += 1
-        if v > sec[i + 2]:
-            sec[i + 2] = v
-        if v > win[i + 2]:
-            win[i + 2] = v
-    return tuple(sec), win
+def fold_into_window(f: Flow, acc: list[int]) -> None:
+    """Add one second's latency accumulators into the flow's window accumulators."""
+    win = f.win_lat
+    if win is None:
+        f.win_lat = acc[:]
+        return
+    for i in range(0, N_LAT3, 3):
+        if acc[i + 1]:
+            win[i] += acc[i]
+            win[i + 1] += acc[i + 1]
+            if acc[i + 2] > win[i + 2]:
+                win[i + 2] = acc[i + 2]
 
 
 class RowBuilder:
@@ -105,9 +99,11 @@ class RowBuilder:
         dc = tuple(map(sub, cc, c.sec_snap))
         ds = tuple(map(sub, sc, s.sec_snap))
         c.sec_snap, s.sec_snap = cc, sc
-        if f.samples:
-            lat, f.win_lat = fold_samples(f.samples, f.win_lat)
-            f.samples = None
+        acc = f.lat
+        if acc is not None:
+            f.lat = None
+            fold_into_window(f, acc)
+            lat = tuple(acc)
         else:
             lat = ZERO_LAT
         if f.is_new_sec:
