@@ -27,12 +27,15 @@ class Limits:
     def settings(self) -> dict[str, Any]:
         """Read-only session settings: ClickHouse itself refuses writes, DDL and SETTINGS changes
         beyond these, and stops runaway queries."""
+        # readonly goes last: clients that apply settings with SET (chDB does for anything it
+        # treats as an INSERT) could not set the limits after it, and the session would stay
+        # read-only without them, refusing every later query.
         return {
-            "readonly": 1,
             "max_execution_time": self.max_execution_time_s,
             "max_result_rows": self.max_result_rows,
             "result_overflow_mode": "throw",
             "max_memory_usage": self.max_memory_mb << 20,
+            "readonly": 1,
         }
 
 
@@ -91,16 +94,19 @@ class QueryEngine:
         try:
             with self._lock:
                 res = self.client.query(ch_sql, settings=self._settings)
+                names, types = list(res.column_names), [t.name for t in res.column_types]
+                if not names:   # chDB sends no header block for an empty result: ask for the columns
+                    desc = self.client.query(f"DESCRIBE ({ch_sql})", settings=self._settings).result_rows
+                    names, types = [r[0] for r in desc], [r[1] for r in desc]
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             dbg = {"query_sqls": [{"IP": "", "Sql": ch_sql, "QueryTime": f"{time.perf_counter() - t0:.9f}s",
                                    "QueryUUID": str(uuid.uuid4()), "Error": msg}]}
             return 500, envelope(status="FAIL", description=msg, debug=dbg)
         elapsed = time.perf_counter() - t0
-        types = [t.name for t in res.column_types]
         rows = res.result_rows
         result = {
-            "columns": list(res.column_names),
+            "columns": names,
             "values": [[_value(v) for v in r] for r in rows] if rows else None,
             "schemas": [{"unit": "", "type": 0, "value_type": t, "pre_as": "", "label_type": ""} for t in types],
         }

@@ -32,6 +32,13 @@ FORBIDDEN_FUNCTIONS = frozenset(f.lower() for f in (
 ))
 
 
+# Functional forms of IN; like the operator, ClickHouse reads a table when their right-hand side
+# is an identifier that names no column (`0 IN system.one`, `notIn(x, db.t)`).
+IN_FUNCTIONS = frozenset(f.lower() for f in (
+    "in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn", "globalNotNullIn",
+))
+
+
 class QueryRejected(ValueError):
     """The query is not allowed; the message says why (HTTP 400, INVALID_POST_DATA)."""
 
@@ -69,7 +76,9 @@ def check_and_resolve(sql: str, db: str | None, data_precision: str | None = Non
         raise QueryRejected(f"one statement per request, got {len(statements)}")
     tree = statements[0]
     if not isinstance(tree, exp.Select | exp.Union):
-        raise QueryRejected(f"only SELECT is allowed, got {tree.key.upper()}")
+        # sqlglot parses SYSTEM, SHOW, EXPLAIN, GRANT … as a generic Command: name its keyword
+        kind = tree.this if isinstance(tree, exp.Command) else {"truncatetable": "truncate"}.get(tree.key, tree.key)
+        raise QueryRejected(f"only SELECT is allowed, got {kind.upper()}")
     for node in tree.walk():
         if isinstance(node, exp.Select) and node.args.get("settings"):
             raise QueryRejected("SETTINGS is not allowed in queries")
@@ -91,12 +100,40 @@ def check_and_resolve(sql: str, db: str | None, data_precision: str | None = Non
             if not db:
                 raise QueryRejected(f"table {name!r} has no database: pass db (flow_log, flow_metrics, flow_tag)")
             tdb = db
-        if tdb not in KNOWN_TABLES:
-            raise QueryRejected(f"database {tdb!r} is not queryable (known: {', '.join(KNOWN_TABLES)})")
-        tdb, name = resolve_table(tdb, name, data_precision)
-        if tdb != "flow_tag" and name not in KNOWN_TABLES[tdb]:
-            known = ", ".join(sorted(KNOWN_TABLES[tdb]))
-            raise QueryRejected(f"table {name!r} does not exist in {tdb} (known: {known})")
+        tdb, name = _known_table(tdb, name, data_precision)
         t.set("db", exp.to_identifier(tdb))
         t.set("this", exp.to_identifier(name, quoted=True))
+    aliases = {t.alias_or_name for t in tree.find_all(exp.Table)} | {
+        s.alias for s in tree.find_all(exp.Subquery) if s.alias}
+    for ref in _in_table_refs(tree):
+        if ref.table in aliases:     # `x IN (t.col)` with t a table of the query: a column
+            continue
+        tdb, name = _known_table(ref.table, ref.name, data_precision)
+        ref.set("table", exp.to_identifier(tdb))
+        ref.set("this", exp.to_identifier(name, quoted=True))
     return tree.sql(dialect="clickhouse")
+
+
+def _known_table(tdb: str, name: str, data_precision: str | None) -> tuple[str, str]:
+    if tdb not in KNOWN_TABLES:
+        raise QueryRejected(f"database {tdb!r} is not queryable (known: {', '.join(KNOWN_TABLES)})")
+    tdb, name = resolve_table(tdb, name, data_precision)
+    if tdb != "flow_tag" and name not in KNOWN_TABLES[tdb]:
+        known = ", ".join(sorted(KNOWN_TABLES[tdb]))
+        raise QueryRejected(f"table {name!r} does not exist in {tdb} (known: {known})")
+    return tdb, name
+
+
+def _in_table_refs(tree: exp.Expression):
+    """Qualified identifiers on the right of IN: ClickHouse reads them as ``db.table``."""
+    for node in tree.walk():
+        if isinstance(node, exp.In):
+            rhs = node.args.get("field")
+            if rhs is None and len(node.expressions) == 1:
+                rhs = node.expressions[0]
+        elif isinstance(node, exp.Anonymous) and node.name.lower() in IN_FUNCTIONS and len(node.expressions) == 2:
+            rhs = node.expressions[1]
+        else:
+            continue
+        if isinstance(rhs, exp.Column) and rhs.table:
+            yield rhs

@@ -26,7 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                        "queried with DeepFlow's SQL.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema commands.")
 app.add_typer(db_app, name="db")
-err = Console(stderr=True)
+# soft_wrap: an error stays one line when stderr is not a terminal (rich would wrap it at 80 columns)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file ($FLOWSCOPE_CONFIG).")]
 DsnOpt = Annotated[str | None, typer.Option("--clickhouse", help="ClickHouse DSN: chdb:///DIR (embedded, "
@@ -130,7 +131,8 @@ def _print_summary(col, elapsed: float) -> None:
     t = s["table"]
     tab = Table(title="flowscope collect", show_header=False, box=None)
     rate = t["packets"] / elapsed if elapsed > 0 else 0
-    tab.add_row("packets", f"{t['packets']:,} ({t['bytes']:,} bytes) in {elapsed:.1f}s, {rate:,.0f} pkt/s")
+    wire = s["capture"].get("wire_bytes", 0)
+    tab.add_row("packets", f"{t['packets']:,} ({wire:,} bytes) in {elapsed:.1f}s, {rate:,.0f} pkt/s")
     tab.add_row("flows", f"{t['flows_created']:,} created, {t['flows_closed']:,} ended, "
                          f"{t['flows_evicted']:,} evicted")
     for table_name, n in sorted(s["rows_written"].items()):
@@ -215,8 +217,9 @@ def query(
         try:
             client = storage.connect(cfg.clickhouse)
         except storage.StorageError as e:
-            if storage.is_embedded(storage.resolve_dsn(cfg.clickhouse)) and _datasource_up(DEFAULT_LISTEN):
-                datasource = f"http://{DEFAULT_LISTEN}"
+            listen = cfg.datasource.listen or DEFAULT_LISTEN     # where `up` serves with this config
+            if storage.is_embedded(storage.resolve_dsn(cfg.clickhouse)) and _datasource_up(listen):
+                datasource = f"http://{listen}"
             else:
                 err.print(f"[red]error:[/red] {e}")
                 raise typer.Exit(1) from e
