@@ -19,8 +19,8 @@ class _SnapshotCollector:
         c = CounterMetricFamily("flowscope_packets", "Packets seen by the flow table")
         c.add_metric([], t.get("packets", 0))
         yield c
-        c = CounterMetricFamily("flowscope_bytes", "Bytes (on the wire) seen by the flow table")
-        c.add_metric([], t.get("bytes", 0))
+        c = CounterMetricFamily("flowscope_bytes", "Bytes (on the wire) captured")
+        c.add_metric([], s.get("capture", {}).get("wire_bytes", 0))
         yield c
         c = CounterMetricFamily("flowscope_packets_skipped", "Packets skipped by the decoder", labels=["reason"])
         for reason, n in s["decode_skipped"].items():

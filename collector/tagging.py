@@ -79,16 +79,16 @@ class Tagger:
     def __init__(self, registry: TagRegistry | None = None, cache_size: int = 65536) -> None:
         self.registry = registry or TagRegistry()
         self._internet = self.registry.intern(INTERNET_IP)
-        self._cache: dict[int | bytes, int] = {}
+        self.cache: dict[int | bytes, int] = {}      # read directly by the flow table
         self._cache_size = cache_size
 
     def tag(self, ip: int | bytes) -> int:
-        tid = self._cache.get(ip)
+        tid = self.cache.get(ip)
         if tid is None:
             tid = self.lookup(ip)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            self._cache[ip] = tid
+            if len(self.cache) >= self._cache_size:
+                self.cache.clear()
+            self.cache[ip] = tid
         return tid
 
     def lookup(self, ip: int | bytes) -> int:

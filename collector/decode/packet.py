@@ -38,6 +38,8 @@ IPV6_EXT = {0, 43, 60, 135, 139, 140}
 VXLAN_PORTS = (4789, 8472)
 GENEVE_PORT = 6081
 MASK32 = 0xFFFFFFFF
+T_VXLAN, T_IPIP, T_GRE, T_GENEVE = int(TunnelType.VXLAN), int(TunnelType.IPIP), int(TunnelType.GRE), \
+    int(TunnelType.GENEVE)
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
@@ -67,8 +69,22 @@ class Decoder:
         self.skipped: dict[str, int] = {}
         self.seen: dict[str, int] = {}          # notable but valid: fragments, non-IP frames
         self.last_skip: dict[str, str] = {}
+        self._tunnels: dict[tuple, Tunnel] = {}
         self._frags: OrderedDict[tuple, tuple[int, int]] = OrderedDict()
         self._frag_cap = fragment_cache
+
+    def _outer(self, tunnel: Tunnel | None, ttype: int, tier: int, tid: int, src, dst, is_v4: int) -> Tunnel:
+        """Keep the outermost tunnel's identity, count the tiers. Outer headers repeat for every
+        packet of a tunnel, so their Tunnel objects are shared (bounded cache)."""
+        if tunnel is None:
+            key = (ttype, tid, src, dst)
+            t = self._tunnels.get(key)
+            if t is None:
+                if len(self._tunnels) >= 4096:
+                    self._tunnels.clear()
+                t = self._tunnels[key] = Tunnel(ttype, 1, tid, src, dst, is_v4)
+            return t
+        return tunnel._replace(tier=tier + 1)
 
     # -- counters ---------------------------------------------------------------------------
     def _skip(self, reason: str) -> None:
@@ -189,7 +205,7 @@ class Decoder:
                 self._skip(f"truncated VXLAN inner Ethernet header (need 14, have {n - off - 8})")
                 return -1, 0, 0, None
             vni = _vxlan(frame, off)[1]
-            t = _outer(tunnel, TunnelType.VXLAN, tier, vni >> 8, src, dst, is_v4)
+            t = self._outer(tunnel, T_VXLAN, tier, vni >> 8, src, dst, is_v4)
             return off + 22, frame[off + 20] << 8 | frame[off + 21], off + 8, t
         if end < off + 8:
             return None
@@ -204,7 +220,7 @@ class Decoder:
         if n < inner:
             self._skip(f"truncated Geneve options (need {inner - off - 8}, have {n - off - 8})")
             return -1, 0, 0, None
-        t = _outer(tunnel, TunnelType.GENEVE, tier, vni >> 8, src, dst, is_v4)
+        t = self._outer(tunnel, T_GENEVE, tier, vni >> 8, src, dst, is_v4)
         if ptype == 0x6558:
             if n < inner + 14:
                 self._skip(f"truncated Geneve inner Ethernet header (need 14, have {n - inner})")
@@ -399,7 +415,7 @@ class Decoder:
         if tier < self.max_tiers and not fragment:
             if (proto == 4 or proto == 41) and self.decap_ipip:
                 # The outer IP header is cut and the L2 header (tags too) kept (datamodel §5.9).
-                t = _outer(tunnel, TunnelType.IPIP, tier, 0, src, dst, is_v4)
+                t = self._outer(tunnel, T_IPIP, tier, 0, src, dst, is_v4)
                 return self._net(frame, off, 0x0800 if proto == 4 else 0x86DD, l2, tier + 1, t, vlan)
             if proto == 47 and self.decap_gre:
                 r = self._gre(frame, off, src, dst, is_v4, vlan, l2, tier, tunnel)
@@ -422,7 +438,7 @@ class Decoder:
             self._skip(f"truncated GRE header (need {p - off}, have {len(frame) - off})")
             return None
         key = _u32(frame, key_at)[0] if fl & 0x2000 else 0
-        t = _outer(tunnel, TunnelType.GRE, tier, key, src, dst, is_v4)
+        t = self._outer(tunnel, T_GRE, tier, key, src, dst, is_v4)
         if ptype == 0x6558:
             return self._ethernet(frame, p, tier + 1, t)
         return self._l3(frame, p, ptype, tier + 1, t)
@@ -436,8 +452,3 @@ def _reason_key(reason: str) -> str:
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
 
-def _outer(tunnel: Tunnel | None, ttype: int, tier: int, tid: int, src, dst, is_v4: int) -> Tunnel:
-    """Keep the outermost tunnel's identity, count the tiers."""
-    if tunnel is None:
-        return Tunnel(int(ttype), tier + 1, tid, src, dst, is_v4)
-    return tunnel._replace(tier=tier + 1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from collector.decode.packet import ETH, SLL, SLL2, Decoder
@@ -43,8 +42,12 @@ from collector.flow.tcp import ACK, ESTABLISHED, FIN, NOT_TCP, RST, SYN
 from collector.tagging import Tagger
 from flowscope.enums import CloseType
 
-# IPv4 (total length, flags/fragment, src, dst; no options) + TCP up to the window, from offset 16.
+# From Ethernet offset 16: IPv4 total length, fragment word, src, dst (no options), then the TCP
+# header up to the window, or the UDP ports; from offset 18: IPv6 payload length, next header,
+# addresses and the TCP header fields (UDP packets read ports from the same layout).
 _ip4_tcp = struct.Struct("!HxxHxxxxIIHHIIBBH").unpack_from
+_ip4_udp = struct.Struct("!HxxHxxxxIIHH").unpack_from
+_ip6_l4 = struct.Struct("!HBx16s16sHHIIBBH").unpack_from
 _OPENING2 = tcp.OPENING2
 
 
@@ -62,6 +65,8 @@ class NicInfo:
     def __post_init__(self) -> None:
         if self.near is None:
             self.near = NearEnd(self.role)
+        # observation_point by (client near, server near, tunnelled), computed once per NIC
+        self.points = tuple(observation_point(self.role, bool(i & 4), bool(i & 2), i & 1) for i in range(8))
 
 
 @dataclass
@@ -100,10 +105,11 @@ class FlowTable:
         self._other_timeout = int(self.cfg.timeouts.established_rst * SEC)
         self._single_timeout = int(self.cfg.timeouts.single_direction * SEC)
         self._services: dict[tuple, int] = {}
+        self._tag_cache = self.tagger.cache
         self._flow_seq = 0
         self._l4_rows: list[tuple] = []
         self.rows = RowBuilder(agent_id=self.cfg.agent_id, nics=self.nics)
-        self.stats: dict[str, int] = {"packets": 0, "bytes": 0, "flows_created": 0, "flows_closed": 0,
+        self.stats: dict[str, int] = {"packets": 0, "flows_created": 0, "flows_closed": 0,
                                       "flows_evicted": 0, "flow_rows": 0, "decode_skipped": 0}
 
     # -- NICs -------------------------------------------------------------------------------
@@ -115,65 +121,76 @@ class FlowTable:
         self._linktypes[nic_id] = info.linktype
 
     # -- hot loop ---------------------------------------------------------------------------
-    def process(self, batch: Iterable[tuple[int, bytes, int, int, int]]) -> None:
+    def process(self, batch: list[tuple[int, bytes, int, int, int]]) -> None:
         """Feed ``(ts_us, frame, wire_len, nic_id, direction)`` packets in capture order."""
         decode = self.decoder.decode
         flows = self.flows
         lts = self._linktypes
         dirty = self._dirty
-        ip4_tcp = _ip4_tcp
+        ip4_tcp, ip4_udp, ip6_l4 = _ip4_tcp, _ip4_udp, _ip6_l4
+        tunnel_ports = self.decoder.tunnel_udp_ports
         next_tick = (self.sec + 1) * SEC if self.sec is not None else -1
-        npk = nbytes = skipped = 0
+        skipped = 0
         for ts, frame, wl, nic, dirn in batch:
-            npk += 1
-            nbytes += wl
             if ts >= next_tick:
                 if next_tick < 0:
                     self.sec = ts // SEC
                 else:
                     self._advance_to(ts // SEC)
                 next_tick = (self.sec + 1) * SEC
-            lt = lts[nic]
-            # Inline fast path: Ethernet, IPv4 without options, TCP, not a fragment.
-            if (lt == 1 and len(frame) >= 54 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45
-                    and frame[23] == 6):
-                tot, frag, src, dst, sport, dport, seq, ack, doff, flags, win = ip4_tcp(frame, 16)
-                if frag & 0x3FFF or doff < 0x50 or 0 < tot < 40:   # fragments, odd lengths: the decoder judges
-                    p = decode(frame, lt)
-                    if p is None:
-                        skipped += 1
-                        continue
-                    src, dst, sport, dport, proto, l3, l4, flags, seq, ack, win = p[:11]
-                    tun = p[17]
-                else:
-                    p = None
-                    proto = 6
-                    l3 = (tot or len(frame) - 14) - 20
-                    l4 = l3 - ((doff >> 4) << 2)
-                    if l4 < 0:
-                        l4 = 0
-                    flags |= (doff & 1) << 8
-                    tun = None
-            else:
-                p = decode(frame, lt)
+            # Inline fast paths for untagged Ethernet with IPv4 (no options, not a fragment) or
+            # IPv6 (no extension headers) carrying TCP or non-tunnel UDP; the rest goes to the decoder.
+            slow = True
+            if lts[nic] == 1 and len(frame) >= 54:
+                if frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45:
+                    proto = frame[23]
+                    if proto == 6:
+                        tot, frag, src, dst, sport, dport, seq, ack, doff, flags, win = ip4_tcp(frame, 16)
+                        if not (frag & 0x3FFF or doff < 0x50 or 0 < tot < 40):
+                            slow = False
+                            l3 = (tot or len(frame) - 14) - 20
+                            l4 = l3 - ((doff >> 4) << 2)
+                            if l4 < 0:
+                                l4 = 0
+                            flags |= (doff & 1) << 8
+                    elif proto == 17:
+                        tot, frag, src, dst, sport, dport = ip4_udp(frame, 16)
+                        if not (frag & 0x3FFF or tot < 28 or dport in tunnel_ports):
+                            slow = False
+                            l3 = tot - 20
+                            l4 = l3 - 8
+                            flags = seq = ack = win = 0
+                elif (frame[12] == 0x86 and frame[13] == 0xDD and frame[14] >> 4 == 6 and len(frame) >= 74
+                      and (frame[20] == 6 or frame[20] == 17)):
+                    l3, proto, src, dst, sport, dport, seq, ack, doff, flags, win = ip6_l4(frame, 18)
+                    if l3 >= 20 and proto == 6 and doff >= 0x50:
+                        slow = False
+                        l4 = l3 - ((doff >> 4) << 2)
+                        if l4 < 0:
+                            l4 = 0
+                        flags |= (doff & 1) << 8
+                    elif l3 >= 8 and proto == 17 and dport not in tunnel_ports:
+                        slow = False
+                        l4 = l3 - 8
+                        flags = seq = ack = win = 0
+            if slow:
+                p = decode(frame, lts[nic])
                 if p is None:
                     skipped += 1
                     continue
                 src, dst, sport, dport, proto, l3, l4, flags, seq, ack, win = p[:11]
                 tun = p[17]
+            else:
+                p = tun = None
             sd = flows.get((src, dst, sport, dport, proto, nic))
             if sd is None:
                 if p is None:
-                    p = (src, dst, sport, dport, 6, l3, l4, flags, seq, ack, win, 34, 34, 1, 0x0800, 0, 0,
-                         None)
+                    p = self.decoder.decode(frame, 1)       # the full tuple, once per new flow
                 sd = self._new_flow(p, ts, nic, dirn, frame)
             f = sd.flow
             if proto == 6:
                 if flags & 7 or f.state != ESTABLISHED:
-                    if p is None:
-                        p = (src, dst, sport, dport, 6, l3, l4, flags, seq, ack, win, 34, 34, 1, 0x0800, 0,
-                             0, None)
-                    sd = self._tcp_control(f, sd, p, ts, nic, dirn, frame)
+                    sd = self._tcp_control(f, sd, flags, seq, ack, l4, ts, nic, dirn, frame)
                     f = sd.flow
                 sd.flags |= flags
                 if l4 and not flags & SYN:
@@ -228,8 +245,7 @@ class FlowTable:
                 f.dirty = True
                 dirty.append(f)
         stats = self.stats
-        stats["packets"] += npk
-        stats["bytes"] += nbytes
+        stats["packets"] += len(batch)
         stats["decode_skipped"] += skipped
 
     # -- per-packet slow paths ---------------------------------------------------------------
@@ -300,21 +316,20 @@ class FlowTable:
             if 0 <= d <= SRT_MAX_US:
                 self._sample(f, SRT, d)
 
-    def _tcp_control(self, f: Flow, sd: FlowSide, p: tuple, ts: int, nic: int, dirn: int,
-                     frame: bytes) -> FlowSide:
+    def _tcp_control(self, f: Flow, sd: FlowSide, flags: int, seq: int, ack: int, l4: int, ts: int, nic: int,
+                     dirn: int, frame: bytes) -> FlowSide:
         """Handshake, FIN and RST packets (and anything outside ESTABLISHED): latency of the
         handshake, SYN retransmissions, state transitions. Returns the side to account the packet
         on, a new flow's when a SYN reuses a finished connection's 5-tuple."""
-        flags = p[7]
         from_client = sd.is_client
         state = f.state
         if flags & SYN:
             if not flags & ACK and state in tcp.REUSABLE:
                 self._finish(f, ts, timed_out=True)
-                return self._new_flow(p, ts, nic, dirn, frame)
-            self._syn(f, sd, flags, p[8], p[6], ts, from_client)
+                return self._new_flow(self.decoder.decode(frame, self._linktypes[nic]), ts, nic, dirn, frame)
+            self._syn(f, sd, flags, seq, l4, ts, from_client)
         elif state == _OPENING2 and from_client and flags & ACK and f.synack_ts \
-                and p[9] == (sd.peer.isn + 1) & MASK32:
+                and ack == (sd.peer.isn + 1) & MASK32:
             d = ts - f.synack_ts
             if 0 <= d <= RTT_MAX_US:
                 self._sample(f, RTT_CLIENT, d)
@@ -400,10 +415,14 @@ class FlowTable:
         elif near >= 0:
             a.near = near == 1
             b.near = near == 0
-        tag = self.tagger.tag
-        a.tag_id = tag(src)
-        b.tag_id = tag(dst)
-        f.obs = observation_point(info.role, client.near, server.near, tun.tier if tun else 0)
+        tags = self._tag_cache
+        a.tag_id = tags.get(src)
+        if a.tag_id is None:
+            a.tag_id = self.tagger.tag(src)
+        b.tag_id = tags.get(dst)
+        if b.tag_id is None:
+            b.tag_id = self.tagger.tag(dst)
+        f.obs = info.points[client.near << 2 | server.near << 1 | (tun is not None)]
         self._flow_seq += 1
         f.flow_id = (((ts * 1000) >> 30) & MASK32) << 32 | (self._flow_seq & 0xFFFFFF)
         self.rows.keys(f)
