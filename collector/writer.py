@@ -249,7 +249,7 @@ class Writer:
 
     def __init__(self, client, *, registry: TagRegistry | None = None, queue_batches: int = 64,
                  block: bool = True, spool_dir: Path | None = None, spool_max_bytes: int = 1 << 30,
-                 retry_s: float = 5.0) -> None:
+                 retry_s: float = 5.0, hold_max_rows: int = 2_000_000) -> None:
         self.client = client
         self.registry = registry
         self.block = block
@@ -258,6 +258,9 @@ class Writer:
         self._converters: dict[str, Converter] = {}
         self._spool = Spool(spool_dir, spool_max_bytes, self.stats) if spool_dir else None
         self._retry_s = retry_s
+        self.hold_max_rows = hold_max_rows
+        self._held: list[tuple[str, RowBatch | pa.Table]] = []
+        self._held_rows = 0
         self._next_retry = 0.0
         self._healthy = True
         self._thread = threading.Thread(target=self._run, name="flowscope-writer", daemon=True)
@@ -265,13 +268,13 @@ class Writer:
 
     # -- producer side ----------------------------------------------------------------------
     def put(self, table: str, batch: RowBatch | pa.Table) -> None:
-        n = len(batch.rows) if isinstance(batch, RowBatch) else batch.num_rows
+        n = _rows(batch)
         if not n:
             return
         try:
             self._q.put((table, batch), block=self.block)
         except queue.Full:
-            self.stats.rows_dropped[table] = self.stats.rows_dropped.get(table, 0) + n
+            self._count_dropped(table, batch)
 
     def close(self, timeout: float = 60.0) -> None:
         """Drain the queue and stop."""
@@ -303,22 +306,49 @@ class Writer:
             try:
                 if item is None:
                     return
-                table, batch = item
-                try:
-                    conv = self._converter(table)
-                    t = conv.convert(batch) if isinstance(batch, RowBatch) else conv.table(batch)
-                except Exception as e:  # a conversion bug must not kill the writer
-                    self.stats.insert_errors += 1
-                    self.stats.last_error = f"{table}: cannot convert batch: {e}"
-                    log.exception("cannot convert a batch for %s; dropped", table)
-                    self.stats.rows_dropped[table] = self.stats.rows_dropped.get(table, 0) + (
-                        len(batch.rows) if isinstance(batch, RowBatch) else batch.num_rows)
-                    continue
-                self._write(table, t)
+                self._handle(*item)
             finally:
                 self._q.task_done()
 
+    def _handle(self, table: str, batch: RowBatch | pa.Table) -> None:
+        try:
+            conv = self._converter(table)
+        except Exception as e:    # ClickHouse unreachable before this table's columns are known
+            self._fail(e)
+            self._hold(table, batch)
+            return
+        if self._held:            # older batches first
+            self._release_held()
+        try:
+            t = conv.convert(batch) if isinstance(batch, RowBatch) else conv.table(batch)
+        except Exception as e:  # a conversion bug must not kill the writer
+            self.stats.insert_errors += 1
+            self.stats.last_error = f"{table}: cannot convert batch: {e}"
+            log.exception("cannot convert a batch for %s; dropped", table)
+            self._count_dropped(table, batch)
+            return
+        self._write(table, t)
+
+    def _hold(self, table: str, batch: RowBatch | pa.Table) -> None:
+        """Keep a batch in memory until its table's columns can be read (bounded, counted)."""
+        n = _rows(batch)
+        if self._held_rows + n > self.hold_max_rows:
+            self._count_dropped(table, batch)
+            return
+        self._held.append((table, batch))
+        self._held_rows += n
+
+    def _release_held(self) -> None:
+        held, self._held, self._held_rows = self._held, [], 0
+        for table, batch in held:
+            self._handle(table, batch)
+
+    def _count_dropped(self, table: str, batch: RowBatch | pa.Table) -> None:
+        self.stats.rows_dropped[table] = self.stats.rows_dropped.get(table, 0) + _rows(batch)
+
     def _retry_spool(self) -> None:
+        if self._held and time.monotonic() >= self._next_retry:
+            self._release_held()
         if self._spool is None or self._healthy or time.monotonic() < self._next_retry:
             return
         try:
@@ -344,7 +374,7 @@ class Writer:
                 log.warning("ClickHouse unreachable (%s), spooling to %s (%d MB)", e, self._spool.path,
                             self.stats.spool_bytes >> 20)
             else:
-                self.stats.rows_dropped[table] = self.stats.rows_dropped.get(table, 0) + t.num_rows
+                self._count_dropped(table, t)
 
     def _fail(self, e: Exception) -> None:
         self._healthy = False
@@ -357,3 +387,7 @@ class Writer:
         if self._spool is not None and self._spool.files():
             self._next_retry = 0.0
             self._healthy = False
+
+
+def _rows(batch: RowBatch | pa.Table) -> int:
+    return len(batch.rows) if isinstance(batch, RowBatch) else batch.num_rows

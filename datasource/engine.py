@@ -51,9 +51,8 @@ def envelope(result: dict | None = None, *, status: str = "SUCCESS", description
 def _value(v: Any) -> Any:
     if isinstance(v, float):
         return 0 if math.isnan(v) or math.isinf(v) else v
-    if isinstance(v, dt.datetime):
-        if v.tzinfo is None:
-            v = v.replace(tzinfo=dt.UTC)
+    if isinstance(v, dt.datetime):     # always UTC, whatever the host's time zone
+        v = v.replace(tzinfo=dt.UTC) if v.tzinfo is None else v.astimezone(dt.UTC)
         return v.isoformat().replace("+00:00", "Z")
     if isinstance(v, dt.date):
         return v.isoformat()

@@ -18,7 +18,7 @@ KNOWN_TABLES: dict[str, frozenset[str]] = {
     "flow_log": frozenset({"l4_flow_log", "l7_flow_log"}),
     "flow_metrics": frozenset(f"{t}.{p}" for t in ("network", "network_map", "application", "application_map")
                               for p in ("1s", "1m")),
-    "flow_tag": frozenset(),   # any dictionary/table in flow_tag (checked by prefix below)
+    "flow_tag": frozenset(),   # every table of flow_tag is flowscope's own (dictionaries and their sources)
 }
 METRIC_TABLES = frozenset({"network", "network_map", "application", "application_map"})
 PRECISIONS = ("1s", "1m")
@@ -108,7 +108,17 @@ def check_and_resolve(sql: str, db: str | None, data_precision: str | None = Non
     for ref in _in_table_refs(tree):
         if ref.table in aliases:     # `x IN (t.col)` with t a table of the query: a column
             continue
-        tdb, name = _known_table(ref.table, ref.name, data_precision)
+        if not ref.table:
+            # `x IN name` reads table `name` of the session's database: allow it only as one of
+            # the request's known tables (or a CTE), qualified so nothing else can be reached.
+            if ref.name in ctes:
+                continue
+            if not db or not _is_known(db, ref.name, data_precision):
+                raise QueryRejected(f"IN {ref.name}: not a known table of {db or 'the request'}; "
+                                    f"use IN (value, …) or IN (SELECT …)")
+            tdb, name = _known_table(db, ref.name, data_precision)
+        else:
+            tdb, name = _known_table(ref.table, ref.name, data_precision)
         ref.set("table", exp.to_identifier(tdb))
         ref.set("this", exp.to_identifier(name, quoted=True))
     return tree.sql(dialect="clickhouse")
@@ -124,6 +134,14 @@ def _known_table(tdb: str, name: str, data_precision: str | None) -> tuple[str, 
     return tdb, name
 
 
+def _is_known(db: str, name: str, data_precision: str | None) -> bool:
+    try:
+        _known_table(db, name, data_precision)
+    except QueryRejected:
+        return False
+    return db != "flow_tag"
+
+
 def _in_table_refs(tree: exp.Expression):
     """Qualified identifiers on the right of IN: ClickHouse reads them as ``db.table``."""
     for node in tree.walk():
@@ -135,5 +153,5 @@ def _in_table_refs(tree: exp.Expression):
             rhs = node.expressions[1]
         else:
             continue
-        if isinstance(rhs, exp.Column) and rhs.table:
+        if isinstance(rhs, exp.Column):
             yield rhs

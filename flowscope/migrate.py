@@ -43,7 +43,7 @@ RELOAD_DICTIONARY = re.compile(r"^SYSTEM RELOAD DICTIONARY (?P<name>\S+)", re.I)
 INSERT_VALUES = re.compile(r"^(?P<head>INSERT INTO \S+ \([^)]*\))\s+VALUES\b", re.I)
 ENGINE = re.compile(r"\bENGINE\s*=\s*(?P<kind>\w*)MergeTree\b(?:\((?P<args>[^)]*)\))?", re.I)
 ORDER_BY = re.compile(r"^ORDER BY \(?(?P<key>[^)\n]+)\)?\s*$", re.I | re.M)
-TTL_HOURS = re.compile(r"\bTTL time \+ INTERVAL (?P<hours>\d+) HOUR\b", re.I)
+TTL_HOURS = re.compile(r"\bTTL _ingest_time \+ INTERVAL (?P<hours>\d+) HOUR\b", re.I)
 
 ENUM_COLUMNS = ("tag_name", "value", "name_zh", "name_en", "description_zh", "description_en")
 ENUM_TABLES = ("flow_tag.int_enum", "flow_tag.string_enum")
@@ -125,7 +125,7 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
 
 
 def default_retention(migrations: Iterable[Migration]) -> dict[str, int]:
-    """Table -> hours of every table created with ``TTL time + INTERVAL n HOUR``: the tunable ones."""
+    """Table -> hours of every table created with ``TTL _ingest_time + INTERVAL n HOUR``: the tunable ones."""
     hours = {}
     for m in migrations:
         for stmt in m.statements:
@@ -189,7 +189,7 @@ def check_retention(retention: Mapping[str, int] | None, known: Mapping[str, int
 def retention_statement(table: str, hours: int) -> str:
     """TTL change that leaves existing parts alone: they expire by the new TTL as they are merged."""
     db, name = table.split(".", 1)
-    return (f"ALTER TABLE {db}.{_quote(name)} MODIFY TTL time + INTERVAL {hours} HOUR "
+    return (f"ALTER TABLE {db}.{_quote(name)} MODIFY TTL _ingest_time + INTERVAL {hours} HOUR "
             f"SETTINGS materialize_ttl_after_modify = 0")
 
 

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS flowscope.schema_migrations
 ENGINE = MergeTree
 ORDER BY version;
 
--- One row per retention change; the latest row of a table is the TTL in force (hours, on `time`).
+-- One row per retention change; the latest row of a table is the TTL in force (hours, on `_ingest_time`).
 CREATE TABLE IF NOT EXISTS flowscope.retention
 (
     table_name  String,

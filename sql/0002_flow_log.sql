@@ -16,6 +16,8 @@
 --     strings; T64 or Gorilla made those bigger;
 --   * start_time/end_time: plain ZSTD (−30 % against DoubleDelta, whose deltas are random µs here);
 --     time and _id: DoubleDelta + ZSTD.
+-- Retention (TTL) counts from when rows were written (_ingest_time), not from their `time`: a pcap
+-- recorded last month and replayed today is kept for the retention period, not deleted on insert.
 -- Hourly partitions and ttl_only_drop_parts let retention drop whole parts instead of rewriting them.
 -- Sparse serialization is off (ratio 1): on these wide tables it made inserts ~1.5x slower for the same
 -- bytes on disk (bench/insert.py).
@@ -24,6 +26,7 @@ CREATE TABLE IF NOT EXISTS flow_log.l4_flow_log
 (
     -- identity and time (§1a); time = end_time truncated to the second, times in µs
     time                     DateTime                DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
+    _ingest_time             DateTime                DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
     _id                      UInt64                  DEFAULT bitOr(bitShiftLeft(toUInt64(toUnixTimestamp(time)), 32), rand() % 4194304)  CODEC(DoubleDelta, ZSTD(1)),
     flow_id                  UInt64                  CODEC(ZSTD(1)),
     start_time               DateTime64(6)           DEFAULT toDateTime64(time, 6)  CODEC(ZSTD(1)),
@@ -187,13 +190,14 @@ CREATE TABLE IF NOT EXISTS flow_log.l4_flow_log
 ENGINE = MergeTree
 PARTITION BY toStartOfHour(time)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, server_port)
-TTL time + INTERVAL 72 HOUR
+TTL _ingest_time + INTERVAL 72 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_log.l7_flow_log
 (
     -- identity and time (§2): start_time = first request byte, end_time = first response byte
     time                       DateTime                       DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
+    _ingest_time               DateTime                       DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
     _id                        UInt64                         DEFAULT bitOr(bitShiftLeft(toUInt64(toUnixTimestamp(time)), 32), rand() % 4194304)  CODEC(DoubleDelta, ZSTD(1)),
     flow_id                    UInt64                         CODEC(ZSTD(1)),
     start_time                 DateTime64(6)                  DEFAULT toDateTime64(time, 6)  CODEC(ZSTD(1)),
@@ -323,5 +327,5 @@ CREATE TABLE IF NOT EXISTS flow_log.l7_flow_log
 ENGINE = MergeTree
 PARTITION BY toStartOfHour(time)
 ORDER BY (time, l7_protocol, l3_epc_id_1, ip4_1, ip6_1, server_port)
-TTL time + INTERVAL 72 HOUR
+TTL _ingest_time + INTERVAL 72 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;

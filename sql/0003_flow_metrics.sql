@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS flow_metrics.`network.1m`
 (
     -- tags (§3a): one end, keyed by its IP with its role (0 client, 1 server, 2 local, 3 rest)
     time                        DateTime  DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
+    _ingest_time                DateTime  DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
     region_id                   UInt16    CODEC(ZSTD(1)),
     az_id                       UInt16    CODEC(ZSTD(1)),
     host_id                     UInt16    CODEC(ZSTD(1)),
@@ -116,20 +117,21 @@ CREATE TABLE IF NOT EXISTS flow_metrics.`network.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 12 HOUR)
 ORDER BY (time, l3_epc_id, ip4, ip6, server_port)
-TTL time + INTERVAL 168 HOUR
+TTL _ingest_time + INTERVAL 168 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`network.1s` AS flow_metrics.`network.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 4 HOUR)
 ORDER BY (time, l3_epc_id, ip4, ip6, server_port)
-TTL time + INTERVAL 24 HOUR
+TTL _ingest_time + INTERVAL 24 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`network_map.1m`
 (
     -- tags (§3a): both ends, _0 = client, _1 = server, per observation point
     time                        DateTime                DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
+    _ingest_time                DateTime                DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
     region_id_0                 UInt16                  CODEC(ZSTD(1)),
     region_id_1                 UInt16                  CODEC(ZSTD(1)),
     az_id_0                     UInt16                  CODEC(ZSTD(1)),
@@ -259,20 +261,21 @@ CREATE TABLE IF NOT EXISTS flow_metrics.`network_map.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 12 HOUR)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port)
-TTL time + INTERVAL 168 HOUR
+TTL _ingest_time + INTERVAL 168 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`network_map.1s` AS flow_metrics.`network_map.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 4 HOUR)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port)
-TTL time + INTERVAL 24 HOUR
+TTL _ingest_time + INTERVAL 24 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`application.1m`
 (
     -- tags (§3a): one end, keyed by its IP with its role (0 client, 1 server, 2 local, 3 rest)
     time                     DateTime                DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
+    _ingest_time             DateTime                DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
     region_id                UInt16                  CODEC(ZSTD(1)),
     az_id                    UInt16                  CODEC(ZSTD(1)),
     host_id                  UInt16                  CODEC(ZSTD(1)),
@@ -324,20 +327,21 @@ CREATE TABLE IF NOT EXISTS flow_metrics.`application.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 12 HOUR)
 ORDER BY (time, l3_epc_id, ip4, ip6, server_port)
-TTL time + INTERVAL 168 HOUR
+TTL _ingest_time + INTERVAL 168 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`application.1s` AS flow_metrics.`application.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 4 HOUR)
 ORDER BY (time, l3_epc_id, ip4, ip6, server_port)
-TTL time + INTERVAL 24 HOUR
+TTL _ingest_time + INTERVAL 24 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`application_map.1m`
 (
     -- tags (§3a): both ends, _0 = client, _1 = server, per observation point
     time                     DateTime                DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
+    _ingest_time             DateTime                DEFAULT now()  CODEC(DoubleDelta, ZSTD(1)),
     region_id_0              UInt16                  CODEC(ZSTD(1)),
     region_id_1              UInt16                  CODEC(ZSTD(1)),
     az_id_0                  UInt16                  CODEC(ZSTD(1)),
@@ -414,12 +418,12 @@ CREATE TABLE IF NOT EXISTS flow_metrics.`application_map.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 12 HOUR)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port)
-TTL time + INTERVAL 168 HOUR
+TTL _ingest_time + INTERVAL 168 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;
 
 CREATE TABLE IF NOT EXISTS flow_metrics.`application_map.1s` AS flow_metrics.`application_map.1m`
 ENGINE = MergeTree
 PARTITION BY toStartOfInterval(time, INTERVAL 4 HOUR)
 ORDER BY (time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port)
-TTL time + INTERVAL 24 HOUR
+TTL _ingest_time + INTERVAL 24 HOUR
 SETTINGS ttl_only_drop_parts = 1, ratio_of_defaults_for_sparse_serialization = 1;

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -24,8 +25,6 @@ from tests.helpers import DATA, truth
 FLOWSCOPE = Path(sys.executable).with_name("flowscope")
 ENV = {k: v for k, v in os.environ.items() if k not in ("FLOWSCOPE_CLICKHOUSE", "FLOWSCOPE_CONFIG")} | {
     "COLUMNS": "160"}                                  # rich tables: no truncated cells
-# The pcaps' packets have fixed timestamps: keep every row whatever their age (default TTLs 24-72 h).
-KEEP = {table: 87_600 for table in migrate.default_retention(migrate.load_migrations())}
 DEADLINE_S = 60.0
 TCP_RST, SYN_DROP = str(DATA / "tcp_rst.pcap"), str(DATA / "syn_drop.pcap")
 
@@ -36,12 +35,12 @@ def flowscope(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Complet
 
 
 def write_config(path: Path, **extra) -> Path:
-    path.write_text(yaml.safe_dump({"retention_hours": KEEP, **extra}))
+    path.write_text(yaml.safe_dump(extra))
     return path
 
 
 class Store:
-    """A store directory, its DSN and a config keeping every row; cwd holds the spool."""
+    """A store directory, its DSN and a config file (default settings); cwd holds the spool."""
 
     def __init__(self, root: Path) -> None:
         self.cwd = root
@@ -251,3 +250,25 @@ def test_up_replays_serves_and_stops_on_sigterm(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_an_old_capture_is_kept_for_the_retention_period(tmp_path):
+    """Retention counts from when rows were written: replaying a capture recorded five years ago
+    keeps its flows and metrics (with the default TTLs), instead of ClickHouse dropping them on
+    insert for being older than 72 h."""
+    old = tmp_path / "old.pcap"
+    data = bytearray((DATA / "tcp_rst.pcap").read_bytes())
+    shift = 5 * 365 * 86400
+    off = 24
+    while off + 16 <= len(data):
+        sec, _usec, caplen, _wire = struct.unpack_from("<IIII", data, off)
+        struct.pack_into("<I", data, off, sec - shift)
+        off += 16 + caplen
+    old.write_bytes(bytes(data))
+    store = Store(tmp_path)
+    assert store.run("collect", args=("--pcap", str(old))).returncode == 0
+    ((flows, year),) = store.query("SELECT count(), toYear(min(time)) FROM l4_flow_log", "flow_log")
+    assert flows == 5 and year <= 2021
+    ((packets,),) = store.query("SELECT sum(packet_tx + packet_rx) FROM network_map", "flow_metrics",
+                                "--data-precision", "1s")
+    assert packets == 22

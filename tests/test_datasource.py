@@ -29,8 +29,6 @@ with warnings.catch_warnings():     # starlette nudges towards httpx2, which thi
     from starlette.testclient import TestClient
 
 PCAPS = ("tcp_rst", "ipv6")
-# The pcaps' packets have fixed timestamps: keep every row whatever their age (default TTLs are 24-72 h).
-KEEP = {table: 87_600 for table in migrate.default_retention(migrate.load_migrations())}
 
 # (DeepFlow SQL, db, data_precision) → the ClickHouse SQL that runs.
 ALLOWED = [
@@ -67,6 +65,8 @@ ALLOWED = [
     ("SELECT flow_id FROM l4_flow_log UNION ALL SELECT flow_id FROM l7_flow_log", "flow_log", None,
      'SELECT flow_id FROM flow_log."l4_flow_log" UNION ALL SELECT flow_id FROM flow_log."l7_flow_log"'),
     ("SELECT count() FROM l4_flow_log WHERE flow_id IN flow_log.l7_flow_log", "flow_log", None,
+     'SELECT count() FROM flow_log."l4_flow_log" WHERE flow_id IN flow_log."l7_flow_log"'),
+    ("SELECT count() FROM l4_flow_log WHERE flow_id IN l7_flow_log", "flow_log", None,   # the request's db
      'SELECT count() FROM flow_log."l4_flow_log" WHERE flow_id IN flow_log."l7_flow_log"'),
     ("SELECT count() FROM l4_flow_log AS l WHERE flow_id IN (l.flow_id)", "flow_log", None,   # a column
      'SELECT count() FROM flow_log."l4_flow_log" AS l WHERE flow_id IN (l.flow_id)'),
@@ -141,6 +141,9 @@ REJECTED = [
     ("SELECT count() FROM l4_flow_log WHERE 0 GLOBAL NOT IN (system.one)", "flow_log", None, 400,
      "database 'system' " + NOT_QUERYABLE),
     ("SELECT notIn(0, system.one)", "flow_log", None, 400, "database 'system' " + NOT_QUERYABLE),
+    # an unqualified name on the right of IN is a table of the session's database: only known ones
+    ("SELECT count() FROM l4_flow_log WHERE 0 IN tables", "flow_log", None, 400,
+     "IN tables: not a known table of flow_log; use IN (value, …) or IN (SELECT …)"),
     ("SELECT * FROM `system`.`tables`", "flow_log", None, 400, "database 'system' " + NOT_QUERYABLE),
     ('SELECT * FROM "system"."tables"', "flow_log", None, 400, "database 'system' " + NOT_QUERYABLE),
     ("SELECT * FROM `system.tables`", "flow_log", None, 400, "table 'system.tables' does not exist in flow_log"),
@@ -185,7 +188,7 @@ def store_dsn(tmp_path_factory) -> str:
 def store(store_dsn):
     """A store the collector filled from tcp_rst.pcap and ipv6.pcap (in-process, real writer)."""
     client = connect(store_dsn)
-    migrate.apply(client, retention=KEEP)
+    migrate.apply(client)
     tagger = Tagger()
     writer = Writer(client, registry=tagger.registry)
     source = PcapSource([str(DATA / f"{n}.pcap") for n in PCAPS])

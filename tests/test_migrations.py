@@ -194,9 +194,9 @@ def test_sort_keys_partitions_and_ttls(chdb):
     assert found["flow_metrics.network_map.1m"][:2] == (
         "time, l3_epc_id_1, ip4_1, ip6_1, l3_epc_id_0, ip4_0, ip6_0, server_port",
         "toStartOfInterval(time, toIntervalHour(12))")
-    assert "TTL time + toIntervalHour(72)" in found["flow_log.l4_flow_log"][2]
-    assert "TTL time + toIntervalHour(24)" in found["flow_metrics.application.1s"][2]
-    assert "TTL time + toIntervalHour(168)" in found["flow_metrics.application_map.1m"][2]
+    assert "TTL _ingest_time + toIntervalHour(72)" in found["flow_log.l4_flow_log"][2]
+    assert "TTL _ingest_time + toIntervalHour(24)" in found["flow_metrics.application.1s"][2]
+    assert "TTL _ingest_time + toIntervalHour(168)" in found["flow_metrics.application_map.1m"][2]
 
 
 def test_apply_twice_is_a_noop(chdb):
@@ -253,15 +253,15 @@ def test_retention_changes_the_ttl_once(chdb):
         migrate.RetentionChange("flow_log.l4_flow_log", 72, 24),
         migrate.RetentionChange("flow_metrics.network.1m", 168, 720),
     ]
-    assert "TTL time + toIntervalHour(24)" in show_create(chdb, "flow_log.l4_flow_log")
-    assert "TTL time + toIntervalHour(720)" in show_create(chdb, "flow_metrics.network.1m")
-    assert "TTL time + toIntervalHour(72)" in show_create(chdb, "flow_log.l7_flow_log")
+    assert "TTL _ingest_time + toIntervalHour(24)" in show_create(chdb, "flow_log.l4_flow_log")
+    assert "TTL _ingest_time + toIntervalHour(720)" in show_create(chdb, "flow_metrics.network.1m")
+    assert "TTL _ingest_time + toIntervalHour(72)" in show_create(chdb, "flow_log.l7_flow_log")
 
     again = migrate.apply(chdb, retention={"flow_log.l4_flow_log": 24})
     assert again.retention_changes == []
     back = migrate.apply(chdb, retention={"flow_log.l4_flow_log": 72})
     assert back.retention_changes == [migrate.RetentionChange("flow_log.l4_flow_log", 24, 72)]
-    assert "TTL time + toIntervalHour(72)" in show_create(chdb, "flow_log.l4_flow_log")
+    assert "TTL _ingest_time + toIntervalHour(72)" in show_create(chdb, "flow_log.l4_flow_log")
 
 
 def test_unknown_retention_table_is_refused_before_anything_runs(chdb):
@@ -363,7 +363,7 @@ def test_cluster_ddl_for_l4_flow_log():
     assert ("ENGINE = ReplicatedMergeTree("
             "'/clickhouse/tables/{shard}/flow_log/l4_flow_log_local', '{replica}')\n"
             "PARTITION BY toStartOfHour(time)") in local[0]
-    assert "TTL time + INTERVAL 72 HOUR" in local[0]
+    assert "TTL _ingest_time + INTERVAL 72 HOUR" in local[0]
     assert ("CREATE TABLE IF NOT EXISTS flow_log.l4_flow_log ON CLUSTER prod AS flow_log.l4_flow_log_local\n"
             "ENGINE = Distributed('prod', 'flow_log', 'l4_flow_log_local', rand())") in statements
 
@@ -394,7 +394,7 @@ def test_cluster_ddl_databases_dictionaries_and_replacing_tables():
             "AS flow_tag.pod_k8s_label_local\n"
             "ENGINE = Distributed('prod', 'flow_tag', 'pod_k8s_label_local', cityHash64(id, key))"
             ) in statements
-    assert ("ALTER TABLE flow_log.l4_flow_log_local ON CLUSTER prod MODIFY TTL time + INTERVAL 24 HOUR "
+    assert ("ALTER TABLE flow_log.l4_flow_log_local ON CLUSTER prod MODIFY TTL _ingest_time + INTERVAL 24 HOUR "
             "SETTINGS materialize_ttl_after_modify = 0") in statements
     assert "SYSTEM RELOAD DICTIONARY ON CLUSTER prod flow_tag.int_enum_map" in statements
     single_tables = sum(s.startswith("CREATE TABLE") for s in migrate.render())

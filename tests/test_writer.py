@@ -34,16 +34,13 @@ def captured():
     return rows, col.tagger.registry, writer.batches[NET_1S]
 
 
-# The pcaps' packets have fixed timestamps; with the default TTLs (24 h for .1s tables, 72 h for flow
-# logs) ClickHouse would drop their rows as soon as they age out, so tests keep everything.
-KEEP = {table: 87_600 for table in migrate.default_retention(migrate.load_migrations())}
 NOW = int(time.time())
 
 
 @pytest.fixture(scope="module")
 def _module_store(tmp_path_factory):
     client = connect(f"chdb://{tmp_path_factory.mktemp('writer') / 'chdb'}")
-    migrate.apply(client, retention=KEEP)
+    migrate.apply(client)
     yield client
     client.close()
 
@@ -181,8 +178,9 @@ class FlakyClient:
     """A real client whose inserts fail while ``down`` is set (ClickHouse unreachable) and wait
     while ``stall`` is clear-blocked; records every insert that got through, in order."""
 
-    def __init__(self, client, *, down: bool = False) -> None:
+    def __init__(self, client, *, down: bool = False, queries_fail: bool = False) -> None:
         self.client = client
+        self.queries_fail = queries_fail     # down from the start: even DESCRIBE fails
         self.down = threading.Event()
         if down:
             self.down.set()
@@ -192,6 +190,8 @@ class FlakyClient:
         self.inserted: list[tuple[str, int]] = []     # (table, rows)
 
     def query(self, *args, **kwargs):
+        if self.down.is_set() and self.queries_fail:
+            raise ConnectionError("Connection refused: ClickHouse at 127.0.0.1:8123")
         return self.client.query(*args, **kwargs)
 
     def insert_arrow(self, table: str, t: pa.Table):
@@ -244,6 +244,27 @@ def test_outage_spools_to_disk_then_replays_in_order_exactly_once(store, capture
     finally:
         w.close()
     assert _flow_ids(store) == sorted(r[0] for r in rows)
+
+
+def test_clickhouse_down_at_start_holds_batches_until_it_answers(store, captured, tmp_path: Path):
+    """Down before the writer could read the table's columns: batches wait in memory (bounded),
+    then go in oldest first once ClickHouse answers; nothing is dropped."""
+    rows, registry, _ = captured
+    proxy = FlakyClient(store, down=True, queries_fail=True)
+    w = Writer(proxy, registry=registry, spool_dir=tmp_path / "spool", retry_s=0.2)
+    try:
+        b1, b2 = _batches(rows, (6, 9))
+        w.put(L4, b1)
+        w.put(L4, b2)
+        w.flush()
+        assert w.stats.rows_written == {} and w.stats.rows_dropped == {}
+        assert "Connection refused" in w.stats.last_error
+        proxy.down.clear()
+        _wait(lambda: w.stats.rows_written.get(L4) == 15, "the held batches to be written")
+        assert proxy.inserted == [(L4, 6), (L4, 9)]
+    finally:
+        w.close()
+    assert _flow_ids(store) == sorted(r[0] for r in rows[:15])
 
 
 def test_a_new_writer_replays_what_a_previous_run_spooled(store, captured, tmp_path: Path):
