@@ -62,6 +62,7 @@ class Decoder:
                  vxlan_ports: tuple[int, ...] = VXLAN_PORTS, geneve_port: int = GENEVE_PORT,
                  max_tunnel_tiers: int = 2, fragment_cache: int = 4096) -> None:
         self.vxlan_ports = frozenset(vxlan_ports) if "vxlan" in decap else frozenset()
+        self.geneve_port = geneve_port if "geneve" in decap else -1
         self.decap_ipip = "ipip" in decap
         self.decap_gre = "gre" in decap
         self.tunnel_udp_ports = self.vxlan_ports | ({geneve_port} if "geneve" in decap else set())
@@ -69,7 +70,7 @@ class Decoder:
         self.skipped: dict[str, int] = {}
         self.seen: dict[str, int] = {}          # notable but valid: fragments, non-IP frames
         self.last_skip: dict[str, str] = {}
-        self._tunnels: dict[tuple, Tunnel] = {}
+        self.tunnels: dict[tuple, Tunnel] = {}
         self._frags: OrderedDict[tuple, tuple[int, int]] = OrderedDict()
         self._frag_cap = fragment_cache
 
@@ -78,11 +79,11 @@ class Decoder:
         packet of a tunnel, so their Tunnel objects are shared (bounded cache)."""
         if tunnel is None:
             key = (ttype, tid, src, dst)
-            t = self._tunnels.get(key)
+            t = self.tunnels.get(key)
             if t is None:
-                if len(self._tunnels) >= 4096:
-                    self._tunnels.clear()
-                t = self._tunnels[key] = Tunnel(ttype, 1, tid, src, dst, is_v4)
+                if len(self.tunnels) >= 4096:
+                    self.tunnels.clear()
+                t = self.tunnels[key] = Tunnel(ttype, 1, tid, src, dst, is_v4)
             return t
         return tunnel._replace(tier=tier + 1)
 

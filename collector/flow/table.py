@@ -22,7 +22,6 @@ from collector.flow import tcp
 from collector.flow.model import (
     ART,
     ART_MAX_US,
-    CIT,
     MASK32,
     MAX_SEQ_GAPS,
     N_LAT3,
@@ -129,6 +128,8 @@ class FlowTable:
         dirty = self._dirty
         ip4_tcp, ip4_udp, ip6_l4 = _ip4_tcp, _ip4_udp, _ip6_l4
         tunnel_ports = self.decoder.tunnel_udp_ports
+        geneve_port = self.decoder.geneve_port
+        tunnels = self.decoder.tunnels            # outer headers seen before, by (type, id, src, dst)
         next_tick = (self.sec + 1) * SEC if self.sec is not None else -1
         skipped = 0
         for ts, frame, wl, nic, dirn in batch:
@@ -141,6 +142,8 @@ class FlowTable:
             # Inline fast paths for untagged Ethernet with IPv4 (no options, not a fragment) or
             # IPv6 (no extension headers) carrying TCP or non-tunnel UDP; the rest goes to the decoder.
             slow = True
+            tun = None
+            l2 = 0
             if lts[nic] == 1 and len(frame) >= 54:
                 if frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45:
                     proto = frame[23]
@@ -149,29 +152,61 @@ class FlowTable:
                         if not (frag & 0x3FFF or doff < 0x50 or 0 < tot < 40):
                             slow = False
                             l3 = (tot or len(frame) - 14) - 20
-                            l4 = l3 - ((doff >> 4) << 2)
+                            l4o, l4 = 34, l3 - ((doff >> 4) << 2)
                             if l4 < 0:
                                 l4 = 0
                             flags |= (doff & 1) << 8
                     elif proto == 17:
                         tot, frag, src, dst, sport, dport = ip4_udp(frame, 16)
-                        if not (frag & 0x3FFF or tot < 28 or dport in tunnel_ports):
+                        if frag & 0x3FFF or tot < 28:
+                            pass
+                        elif dport not in tunnel_ports:
                             slow = False
                             l3 = tot - 20
-                            l4 = l3 - 8
+                            l4o, l4 = 34, l3 - 8
                             flags = seq = ack = win = 0
+                        else:
+                            # VXLAN / Geneve (Ethernet payload) over IPv4 carrying IPv4 TCP, the usual
+                            # overlay on a node NIC: decapsulated here; anything else by the decoder.
+                            b = frame[42]
+                            if dport == geneve_port:
+                                ioff = 64 + ((b & 0x3F) << 2)
+                                ok = b < 0x40 and frame[44] == 0x65 and frame[45] == 0x58
+                                ttype = 4
+                            else:
+                                ioff = 64
+                                ok = b & 0x08
+                                ttype = 1
+                            if (ok and len(frame) >= ioff + 40 and tot + 14 >= ioff + 40
+                                    and frame[ioff - 2] == 8 and frame[ioff - 1] == 0 and frame[ioff] == 0x45
+                                    and frame[ioff + 9] == 6):
+                                vni = frame[46] << 16 | frame[47] << 8 | frame[48]
+                                tkey = (ttype, vni, src, dst)
+                                tot, frag, src, dst, sport, dport, seq, ack, doff, flags, win = \
+                                    ip4_tcp(frame, ioff + 2)
+                                if not (frag & 0x3FFF or doff < 0x50 or tot < 40):
+                                    tun = tunnels.get(tkey)
+                                    if tun is not None:
+                                        slow = False
+                                        proto = 6
+                                        l2 = ioff - 14
+                                        l3 = tot - 20
+                                        l4o, l4 = ioff + 20, l3 - ((doff >> 4) << 2)
+                                        if l4 < 0:
+                                            l4 = 0
+                                        flags |= (doff & 1) << 8
                 elif (frame[12] == 0x86 and frame[13] == 0xDD and frame[14] >> 4 == 6 and len(frame) >= 74
                       and (frame[20] == 6 or frame[20] == 17)):
                     l3, proto, src, dst, sport, dport, seq, ack, doff, flags, win = ip6_l4(frame, 18)
                     if l3 >= 20 and proto == 6 and doff >= 0x50:
                         slow = False
-                        l4 = l3 - ((doff >> 4) << 2)
+                        l4o, l4 = 54, l3 - ((doff >> 4) << 2)
                         if l4 < 0:
                             l4 = 0
                         flags |= (doff & 1) << 8
                     elif l3 >= 8 and proto == 17 and dport not in tunnel_ports:
                         slow = False
-                        l4 = l3 - 8
+                        l4o, l4 = 54, l3 - 8
                         flags = seq = ack = win = 0
             if slow:
                 p = decode(frame, lts[nic])
@@ -181,11 +216,14 @@ class FlowTable:
                 src, dst, sport, dport, proto, l3, l4, flags, seq, ack, win = p[:11]
                 tun = p[17]
             else:
-                p = tun = None
+                p = None
             sd = flows.get((src, dst, sport, dport, proto, nic))
             if sd is None:
-                if p is None:
-                    p = self.decoder.decode(frame, 1)       # the full tuple, once per new flow
+                if p is None:       # the decoder's tuple for the fast path's shapes
+                    v4 = l4o != 54
+                    p = (src, dst, sport, dport, proto, l3, l4, flags, seq, ack, win, l4o,
+                         l4o + l3 - l4 if l3 - l4 <= len(frame) - l4o else len(frame), int(v4),
+                         0x0800 if v4 else 0x86DD, 0, l2, tun)
                 sd = self._new_flow(p, ts, nic, dirn, frame)
             f = sd.flow
             if proto == 6:
@@ -202,23 +240,42 @@ class FlowTable:
                         f.req_ts = ts
                         f.req_end = (seq + l4) & MASK32
                         f.srt_wait = f.art_wait = True
-                        if f.resp_ts and l4 > 1:
-                            if ts >= f.resp_ts:
-                                self._sample(f, CIT, ts - f.resp_ts)
+                        if f.resp_ts and l4 > 1:        # client idle time (cit)
+                            d = ts - f.resp_ts
                             f.resp_ts = 0
+                            if d >= 0:
+                                acc = f.lat
+                                if acc is None:
+                                    acc = f.lat = [0] * N_LAT3
+                                acc[15] += d
+                                acc[16] += 1
+                                if d > acc[17]:
+                                    acc[17] = d
                     else:
                         f.server_data = True
-                        if f.art_wait:
+                        if f.art_wait:                  # application response time (art)
                             f.art_wait = False
                             d = ts - f.req_ts
                             if 0 <= d <= ART_MAX_US:
-                                self._sample(f, ART, d)
+                                acc = f.lat
+                                if acc is None:
+                                    acc = f.lat = [0] * N_LAT3
+                                acc[12] += d
+                                acc[13] += 1
+                                if d > acc[14]:
+                                    acc[14] = d
                         f.resp_ts = ts
                 elif f.srt_wait and not sd.is_client and ack == f.req_end and flags & 0x1F == ACK:
-                    f.srt_wait = False
+                    f.srt_wait = False                  # system response time (srt): a pure ACK
                     d = ts - f.req_ts
                     if 0 <= d <= SRT_MAX_US:
-                        self._sample(f, SRT, d)
+                        acc = f.lat
+                        if acc is None:
+                            acc = f.lat = [0] * N_LAT3
+                        acc[9] += d
+                        acc[10] += 1
+                        if d > acc[11]:
+                            acc[11] = d
                 if not win and not flags & 6:
                     sd.zero_win += 1
             elif proto == 17:
