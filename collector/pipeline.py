@@ -74,6 +74,7 @@ class Collector:
         self._last_flush = time.monotonic()
         self.nic_rows: list[tuple] = []
         self.source = None
+        self.drain_s = 2.0
 
     # -- FlowTable sink ---------------------------------------------------------------------
     def l4(self, rows: list[tuple]) -> None:
@@ -127,11 +128,15 @@ class Collector:
 
     # -- main loops -------------------------------------------------------------------------
     def run(self, source, stop: threading.Event | None = None, now_us=None) -> None:
-        """Consume ``source`` until it ends (files) or ``stop`` is set (live), then flush all."""
+        """Consume ``source`` until it ends (files) or ``stop`` is set (live), then flush all.
+
+        After ``stop``, what the kernel already queued is still read: the loop ends at the first
+        empty batch (the rings are idle) or after ``drain_s``."""
         table = self.table
         flush_every = self.cfg.writer.flush_interval_s
         self.source = source
         registered = self._registered
+        stopping_since = 0.0
         for batch in source.batches():
             if batch and (len(registered) < len(source.nics) or batch[0][3] not in registered):
                 self.register_nics(source, batch)
@@ -147,7 +152,10 @@ class Collector:
             elif not self.live and self.metrics.pending() >= 200_000:
                 self._flush_metrics()
             if stop is not None and stop.is_set():
-                break
+                if not stopping_since:
+                    stopping_since = time.monotonic()
+                if not batch or time.monotonic() - stopping_since > self.drain_s:
+                    break
         self.finish()
 
     def finish(self) -> None:

@@ -178,6 +178,9 @@ def collect(
     _migrate(client, cfg)
     col = _build_collector(cfg, client, live)
     stop = _stop_event() if live else None
+    if live:
+        names = ", ".join(f"{n.netns}/{n.name}" if n.netns else n.name for n in source.nics.values())
+        err.print(f"capturing on {names} (Ctrl-C or SIGTERM stops and flushes)")
     t0 = time.monotonic()
     try:
         col.run(source, stop, now_us=getattr(source, "now_us", None))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowscope.storage import connect
+from tests.netns import NetPair, make_netpair, start_server
 
 
 @pytest.fixture
@@ -24,3 +25,15 @@ def chdb(chdb_dsn: str):
     finally:
         client.close()
 
+
+
+@pytest.fixture
+def netpair():
+    """Two namespaces joined by veth-a / veth-b (root only; see tests/netns.py)."""
+    yield from make_netpair()
+
+
+@pytest.fixture
+def server(netpair: NetPair):
+    """The payload server listening in the second namespace."""
+    yield from start_server(netpair)
