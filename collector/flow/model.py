@@ -55,15 +55,15 @@ class Flow:
     """A bidirectional flow at one capture NIC."""
 
     __slots__ = ("art_wait", "client", "dirty", "done", "eth_type", "flow_id", "is_new", "is_new_sec",
-                 "is_v4", "keys", "l7", "l7_protocol", "last_ts", "mkey", "nic", "obs", "prev_state",
+                 "is_v4", "l7", "l7_protocol", "last_ts", "mkey", "nic", "obs", "prev_state",
                  "proto", "report_at", "req_end", "req_ts", "request_domain", "resp_ts", "rst_by_client",
-                 "lat", "score", "server", "server_data", "srt_wait", "start_ts", "state", "static",
+                 "lat", "score", "server", "server_data", "srt_wait", "start_ts", "state",
                  "syn_ts", "synack_ts", "tunnel", "vlan", "win_lat", "win_start")
 
     def __init__(self) -> None:
         self.done = self.dirty = self.srt_wait = self.art_wait = False
         self.server_data = self.rst_by_client = False
-        self.lat = self.win_lat = self.l7 = self.static = None
+        self.lat = self.win_lat = self.l7 = None
         self.syn_ts = self.synack_ts = self.req_ts = self.resp_ts = self.prev_state = 0
         self.l7_protocol = 0
         self.req_end = -1

@@ -1,7 +1,7 @@
 """Flows → rows: ``l4_flow_log`` rows (per 60 s window and at close) and flow-second deltas, the
 input of the 1 s / 1 m network metrics (datamodel §1e, §3c).
 
-Rows are plain tuples assembled from blocks (a per-flow static block computed once, client and
+Rows are plain tuples assembled from blocks (the flow's identity, client and
 server counter blocks, latency accumulators) so that building one is a few tuple concatenations.
 Column names travel with them; names starting with ``~`` are internal (the writer drops them or
 derives real columns from them), ``tag_id_0/1`` expand into the resource columns at write time.
@@ -80,16 +80,11 @@ class RowBuilder:
         self._id_mid = (agent_id & 0x3FF) << 22
 
     def keys(self, f: Flow) -> None:
-        """Per-flow constant blocks (recomputed if the client/server orientation changes)."""
+        """The flow's metrics key, constant for its life (recomputed if the orientation changes)."""
         c, s = f.client, f.server
-        nic = self.nics[f.nic]
         t = f.tunnel
         f.mkey = (c.tag_id, s.tag_id, c.ip4, s.ip4, c.ip6, s.ip6, f.is_v4, f.proto, s.port, f.obs,
-                  nic.capture_nic, t.type if t is not None else 0)
-        cn, sn = int(c.near), int(s.near)
-        f.static = (f.flow_id, 0, c.mac, s.mac, f.eth_type, f.vlan, c.ip4, s.ip4, c.ip6, s.ip6, f.is_v4,
-                    f.proto, c.port, s.port, 3, nic.capture_nic, 0, f.obs, self.agent_id, cn, sn, cn, sn,
-                    c.tag_id, s.tag_id)
+                  self.nics[f.nic].capture_nic, t.type if t is not None else 0)
 
     # -- metrics input ------------------------------------------------------------------------
     def second(self, f: Flow, sec: int) -> None:
@@ -128,8 +123,12 @@ class RowBuilder:
                f.start_ts if f.is_new else f.win_start, end_us, f.last_ts - f.start_ts,
                1 if f.is_new else 0, close_type, f.score, c.flags, s.flags, c.isn, s.isn, f.l7_protocol,
                f.request_domain)
+        cn, sn = int(c.near), int(s.near)
+        static = (f.flow_id, 0, c.mac, s.mac, f.eth_type, f.vlan, c.ip4, s.ip4, c.ip6, s.ip6, f.is_v4,
+                  f.proto, c.port, s.port, 3, f.mkey[10], 0, f.obs, self.agent_id, cn, sn, cn, sn,
+                  c.tag_id, s.tag_id)
         lat = f.win_lat
-        return (f.static + dyn + (NO_TUNNEL if f.tunnel is None else tunnel_block(f))
+        return (static + dyn + (NO_TUNNEL if f.tunnel is None else tunnel_block(f))
                 + tuple(map(sub, cc, c.win_snap)) + tuple(map(sub, sc, s.win_snap))
                 + (cc[0], sc[0], cc[1], sc[1]) + (ZERO_LAT if lat is None else tuple(lat)))
 

@@ -483,10 +483,10 @@ class FlowTable:
         self._flow_seq += 1
         f.flow_id = (((ts * 1000) >> 30) & MASK32) << 32 | (self._flow_seq & 0xFFFFFF)
         self.rows.keys(f)
-        f.keys = k1, k2 = (src, dst, sport, dport, proto, nic), (dst, src, dport, sport, proto, nic)
         flows = self.flows
+        k1, k2 = (src, dst, sport, dport, proto, nic), (dst, src, dport, sport, proto, nic)
         flows[k1] = a
-        if k2 != k1:
+        if k2 != k1:                # not a self-connection (same address and port at both ends)
             flows[k2] = b
         f.report_at = sec = ts // SEC + self.cfg.report_interval_s
         self._schedule(f, sec)
@@ -600,14 +600,15 @@ class FlowTable:
         f.done = True
         self._l4_rows.append(rb.l4_row(f, ct, f.last_ts))
         flows = self.flows
-        for k in f.keys:
-            flows.pop(k, None)
+        c, s = f.client, f.server
+        flows.pop((c.ip, s.ip, c.port, s.port, f.proto, f.nic), None)
+        flows.pop((s.ip, c.ip, s.port, c.port, f.proto, f.nic), None)
         f.release()
         self.nflows -= 1
         self.stats["flows_closed"] += 1
 
     def _live_flows(self) -> list[Flow]:
-        return [sd.flow for k, sd in self.flows.items() if sd.flow.keys[0] is k]
+        return list({id(sd.flow): sd.flow for sd in self.flows.values()}.values())
 
     def _evict(self) -> None:
         """Table full: report and drop the least recently active 1% (counted, never unbounded)."""
@@ -616,6 +617,7 @@ class FlowTable:
         for f in heapq.nsmallest(n, live, key=lambda x: x.last_ts):
             self._finish(f, f.last_ts, timed_out=False, forced=True)
             self.stats["flows_evicted"] += 1
+        self._flush_out()           # hand the evicted flows' rows over now, not at the next tick
 
     def flush(self) -> None:
         """End of capture: every flow gets its final row now, as if the capture ended.
