@@ -27,6 +27,8 @@ from flowscope.config import Config
 log = logging.getLogger("flowscope.collector")
 
 L4_TABLE = "flow_log.l4_flow_log"
+WRITTEN_TABLES = (L4_TABLE, "flow_metrics.network.1s", "flow_metrics.network.1m", "flow_metrics.network_map.1s",
+                  "flow_metrics.network_map.1m")
 L4_BATCH_ROWS = 50_000
 
 
@@ -54,7 +56,8 @@ def _ip_key(text: str) -> int | bytes:
 class Collector:
     """Owns the flow table, the metrics aggregator and the writer's inputs."""
 
-    def __init__(self, cfg: Config, writer: Writer, *, tagger: Tagger | None = None, live: bool = False) -> None:
+    def __init__(self, cfg: Config, writer: Writer, *, tagger: Tagger | None = None, live: bool = False,
+                 worker: int = 0) -> None:
         self.cfg = cfg
         self.writer = writer
         self.live = live
@@ -63,7 +66,7 @@ class Collector:
         self.tagger = tagger or Tagger()
         self.table = FlowTable(self, FlowConfig(max_flows=cfg.flow.max_flows, timeouts=cfg.flow.timeouts,
                                                 server_ports=frozenset(cfg.flow.server_ports),
-                                                agent_id=cfg.agent_id),
+                                                agent_id=cfg.agent_id, worker=worker),
                                decoder=decoder, tagger=self.tagger)
         self.metrics = MetricsAggregator(self.tagger.registry, agent_id=cfg.agent_id)
         self.roles = NicRoles(tuple(c.interfaces))
@@ -190,3 +193,17 @@ def agent_name(cfg: Config) -> str:
 
 def spool_dir(cfg: Config) -> Path:
     return Path(cfg.writer.spool_dir)
+
+
+def merge_snapshots(snaps: list[dict]) -> dict:
+    """Several workers' snapshots as one (counters summed)."""
+    out: dict = {"table": {}, "flows_active": 0, "decode_skipped": {}, "decode_notes": {}, "capture": {},
+                 "rows_written": {}, "rows_dropped": {}, "spool_bytes": 0, "rows_spooled": 0,
+                 "insert_errors": 0, "last_error": ""}
+    for s in snaps:
+        for key in ("table", "decode_skipped", "decode_notes", "capture", "rows_written", "rows_dropped"):
+            for k, v in s.get(key, {}).items():
+                out[key][k] = out[key].get(k, 0) + v
+        for key in ("flows_active", "spool_bytes", "rows_spooled", "insert_errors"):
+            out[key] += s.get(key, 0)
+    return out

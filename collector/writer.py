@@ -285,6 +285,10 @@ class Writer:
         """Wait until everything queued so far has been handled (written or spooled)."""
         self._q.join()
 
+    def columns(self, table: str) -> dict[str, Column]:
+        """The stored columns of ``table`` (read once from ClickHouse)."""
+        return self._converter(table).columns
+
     # -- writer thread ----------------------------------------------------------------------
     def _converter(self, table: str) -> Converter:
         conv = self._converters.get(table)

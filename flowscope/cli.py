@@ -126,8 +126,7 @@ def _build_collector(cfg: config_mod.Config, client, live: bool):
     return col
 
 
-def _print_summary(col, elapsed: float) -> None:
-    s = col.snapshot()
+def _print_summary(s: dict, elapsed: float) -> None:
     t = s["table"]
     tab = Table(title="flowscope collect", show_header=False, box=None)
     rate = t["packets"] / elapsed if elapsed > 0 else 0
@@ -164,6 +163,8 @@ def collect(
     local_ip: Annotated[list[str] | None, typer.Option("--local-ip", help="IP of the capturing host (pcaps "
                                                        "without direction metadata); repeatable.")] = None,
     max_flows: Annotated[int | None, typer.Option(help="Maximum concurrent flows (memory bound).")] = None,
+    workers: Annotated[int, typer.Option(help="Live capture: spread flows over N processes with "
+                                         "PACKET_FANOUT (symmetric flow hash).", min=1, max=64)] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Capture or replay packets into flow logs and network metrics."""
@@ -173,21 +174,66 @@ def collect(
         cfg.capture.local_ips = list(local_ip)
     if max_flows:
         cfg.flow.max_flows = max_flows
+    if workers > 1:
+        if not iface:
+            err.print("[red]error:[/red] --workers needs --iface (live capture)")
+            raise typer.Exit(2)
+        _collect_workers(cfg, sources or [], workers)
+        return
     source, live = _open_source(cfg, pcap, iface, sources or [])
     client = _connect(cfg)
     _migrate(client, cfg)
     col = _build_collector(cfg, client, live)
     stop = _stop_event() if live else None
     if live:
-        names = ", ".join(f"{n.netns}/{n.name}" if n.netns else n.name for n in source.nics.values())
-        err.print(f"capturing on {names} (Ctrl-C or SIGTERM stops and flushes)")
+        _print_capturing(source.nics.values())
     t0 = time.monotonic()
     try:
         col.run(source, stop, now_us=getattr(source, "now_us", None))
     finally:
         source.close()
         col.writer.close()
-    _print_summary(col, time.monotonic() - t0)
+    _print_summary(col.snapshot(), time.monotonic() - t0)
+
+
+def _print_capturing(nics) -> None:
+    names = ", ".join(f"{n.netns}/{n.name}" if n.netns else n.name for n in nics)
+    err.print(f"capturing on {names} (Ctrl-C or SIGTERM stops and flushes)")
+
+
+def _collect_workers(cfg: config_mod.Config, patterns: list[str], workers: int) -> None:
+    """Live capture in ``workers`` PACKET_FANOUT processes; this process writes."""
+    from collector import workers as workers_mod
+    from collector.capture.afpacket import AfPacketSource
+    from collector.capture.base import CaptureError
+    from collector.pipeline import merge_snapshots, spool_dir
+    from collector.writer import Writer
+
+    try:       # fail early, with the same message as one process, if nothing matches
+        with AfPacketSource(patterns, block_size=1 << 16, block_count=2) as probe:
+            nics = list(probe.nics.values())
+    except CaptureError as e:
+        err.print(f"[red]capture error:[/red] {e}")
+        raise typer.Exit(1) from e
+    client = _connect(cfg)
+    _migrate(client, cfg)
+    writer = Writer(client, block=True, queue_batches=cfg.writer.queue_batches, spool_dir=spool_dir(cfg),
+                    spool_max_bytes=cfg.writer.spool_max_mb << 20)
+    writer.replay_spool()
+    stop = _stop_event()
+    t0 = time.monotonic()
+    try:
+        snaps = workers_mod.run(cfg, patterns, workers, writer, stop,
+                                on_ready=lambda: _print_capturing(nics) or err.print(f"{workers} worker processes"))
+    except RuntimeError as e:
+        err.print(f"[red]capture error:[/red] {e}")
+        raise typer.Exit(1) from e
+    finally:
+        writer.close()
+    snap = merge_snapshots(snaps)
+    snap["rows_written"] = dict(writer.stats.rows_written)
+    snap["rows_dropped"] = dict(writer.stats.rows_dropped)
+    _print_summary(snap, time.monotonic() - t0)
 
 
 def _print_envelope(body: dict, as_table: bool) -> None:
@@ -303,7 +349,7 @@ def up(
         if source is not None:
             col.run(source, stop, now_us=getattr(source, "now_us", None))
             source.close()
-            _print_summary(col, time.monotonic() - t0)
+            _print_summary(col.snapshot(), time.monotonic() - t0)
         while not stop.is_set():
             stop.wait(0.5)
     finally:

@@ -76,3 +76,30 @@ def test_live_capture_on_both_ends(netpair: NetPair, server: None, tmp_path: Pat
     assert sides == [[0, netpair.ip_a, 0, N_CONN, N_CONN, sent, answered],
                      [1, netpair.ip_b, PORT, N_CONN, N_CONN, answered, sent]]
     assert ipaddress.ip_address(netpair.ip_a).is_private
+
+
+@live
+def test_live_capture_with_fanout_workers(netpair: NetPair, server: None, tmp_path: Path) -> None:
+    """--workers 2: PACKET_FANOUT spreads the connections over two capture processes (both directions
+    of a flow to the same one); the parent writes everything, and the flows are the same as with one."""
+    dsn = f"chdb://{tmp_path / 'chdb'}"
+    cfg = tmp_path / "flowscope.yaml"
+    cfg.write_text(yaml.safe_dump({"capture": {"interfaces": [{"match": "veth-?", "role": "own"}]},
+                                   "writer": {"spool_dir": str(tmp_path / "spool")}}))
+    proc = subprocess.Popen([str(FLOWSCOPE), "collect", "--iface", f"{netpair.a}/veth-a", "--workers", "2",
+                             "--clickhouse", dsn, "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "capturing on" in line, line
+        run_client(netpair)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    rows = _query(dsn, "flow_log", "SELECT l4_byte_tx, l4_byte_rx, close_type, syn_count, synack_count, "
+                  "bitAnd(bitShiftRight(flow_id, 24), 255) AS worker FROM l4_flow_log WHERE protocol = 6 ORDER BY l4_byte_tx")
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == \
+        [(4 + n, 4 + 2 * n + 100, 1, 1, 1) for n in sorted(REQ_SIZES)]
+    assert {r[5] for r in rows} == {0, 1}            # both workers had connections

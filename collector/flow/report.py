@@ -72,12 +72,13 @@ def fold_into_window(f: Flow, acc: list[int]) -> None:
 class RowBuilder:
     """Turns flow state into rows; holds the 60 s window bookkeeping."""
 
-    def __init__(self, *, agent_id: int, nics: list) -> None:
+    def __init__(self, *, agent_id: int, nics: list, worker: int = 0) -> None:
         self.agent_id = agent_id
         self.nics = nics
         self.seconds: list[tuple] = []
         self._row_seq = 0
-        self._id_mid = (agent_id & 0x3FF) << 22
+        # _id = end second << 32 | writer id (10 bits) << 22 | counter: one id per agent and worker
+        self._id_mid = ((agent_id << 3) + worker & 0x3FF) << 22
 
     def keys(self, f: Flow) -> None:
         """The flow's metrics key, constant for its life (recomputed if the orientation changes)."""

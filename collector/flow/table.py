@@ -74,6 +74,7 @@ class FlowConfig:
     timeouts: tcp.Timeouts = field(default_factory=tcp.Timeouts)
     server_ports: frozenset[int] = frozenset()   # configured services: direction_score 253
     agent_id: int = 1
+    worker: int = 0            # capture process index (PACKET_FANOUT workers): part of flow and row ids
     report_interval_s: int = 60
     service_table_size: int = 65536
 
@@ -106,8 +107,9 @@ class FlowTable:
         self._services: dict[tuple, int] = {}
         self._tag_cache = self.tagger.cache
         self._flow_seq = 0
+        self._worker_bits = (self.cfg.worker & 0xFF) << 24
         self._l4_rows: list[tuple] = []
-        self.rows = RowBuilder(agent_id=self.cfg.agent_id, nics=self.nics)
+        self.rows = RowBuilder(agent_id=self.cfg.agent_id, nics=self.nics, worker=self.cfg.worker)
         self.stats: dict[str, int] = {"packets": 0, "flows_created": 0, "flows_closed": 0,
                                       "flows_evicted": 0, "flow_rows": 0, "decode_skipped": 0}
 
@@ -481,7 +483,7 @@ class FlowTable:
             b.tag_id = self.tagger.tag(dst)
         f.obs = info.points[client.near << 2 | server.near << 1 | (tun is not None)]
         self._flow_seq += 1
-        f.flow_id = (((ts * 1000) >> 30) & MASK32) << 32 | (self._flow_seq & 0xFFFFFF)
+        f.flow_id = (((ts * 1000) >> 30) & MASK32) << 32 | self._worker_bits | (self._flow_seq & 0xFFFFFF)
         self.rows.keys(f)
         flows = self.flows
         k1, k2 = (src, dst, sport, dport, proto, nic), (dst, src, dport, sport, proto, nic)
