@@ -61,6 +61,8 @@ TP_STATUS_USER = 1
 TP_STATUS_VLAN_VALID = 1 << 4
 TP_STATUS_VLAN_TPID_VALID = 1 << 6
 PACKET_OUTGOING = 4
+PACKET_IGNORE_OUTGOING = 23   # Linux 4.20+
+_ARPHRD_LOOPBACK = 772
 SO_ATTACH_FILTER = 26
 SIOCGIFHWADDR = 0x8927
 
@@ -398,6 +400,9 @@ class AfPacketSource:
             ifr = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("16s24x", name.encode()))
             hatype = struct.unpack_from("=H", ifr, 16)[0]
             hwaddr = bytes(ifr[18:24])
+            if hatype == _ARPHRD_LOOPBACK:
+                # loopback hands every packet to AF_PACKET twice (sent and received): keep one copy
+                sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             if self.fanout is not None:
                 group, mode = self.fanout
                 ifindex = socket.if_nametoindex(name)
