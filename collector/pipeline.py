@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
 from collector.capture.base import LINKTYPE_ETHERNET, CaptureNic
 from collector.decode.packet import Decoder
 from collector.flow.observation import NearEnd, NicRoles, guess_local_mac
@@ -28,7 +30,7 @@ log = logging.getLogger("flowscope.collector")
 
 L4_TABLE = "flow_log.l4_flow_log"
 WRITTEN_TABLES = (L4_TABLE, "flow_metrics.network.1s", "flow_metrics.network.1m", "flow_metrics.network_map.1s",
-                  "flow_metrics.network_map.1m")
+                  "flow_metrics.network_map.1m", "flow_tag.vtap", "flow_tag.vtap_port")
 L4_BATCH_ROWS = 50_000
 
 
@@ -78,6 +80,7 @@ class Collector:
         self.nic_rows: list[tuple] = []
         self.source = None
         self.drain_s = 2.0
+        self._agent_written = False
 
     # -- FlowTable sink ---------------------------------------------------------------------
     def l4(self, rows: list[tuple]) -> None:
@@ -128,6 +131,16 @@ class Collector:
                                                capture_nic=capture_nic, netns=nic.netns,
                                                near=NearEnd(role, frozenset(macs), self.local_ips)))
             self.nic_rows.append((self.cfg.agent_id, capture_nic, nic.name, nic.netns, role, mac.hex(":")))
+            # capture NIC names for flow_tag.vtap_port_map (DeepFlow's tap_port → interface name)
+            name = f"{nic.netns}/{nic.name}" if nic.netns else nic.name
+            self.writer.put("flow_tag.vtap_port", pa.table({
+                "vtap_id": pa.array([self.cfg.agent_id], pa.uint64()),
+                "tap_port": pa.array([capture_nic], pa.uint64()), "name": [name]}))
+        if not self._agent_written:
+            self._agent_written = True
+            self.writer.put("flow_tag.vtap", pa.table({
+                "id": pa.array([self.cfg.agent_id], pa.uint64()), "name": [agent_name(self.cfg)],
+                "host": [socket.gethostname()]}))
 
     # -- main loops -------------------------------------------------------------------------
     def run(self, source, stop: threading.Event | None = None, now_us=None) -> None:

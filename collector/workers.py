@@ -75,9 +75,12 @@ def _worker(index: int, cfg: Config, patterns: list[str], group: int, q, stop, c
     q.put(("ready", index, None))
     try:
         col.run(src, stop, now_us=src.now_us)
+    except Exception as e:       # reported by the parent (exit 1), not a silent empty capture
+        log.exception("worker %d failed", index)
+        q.put(("error", index, f"worker {index}: {type(e).__name__}: {e}"))
     finally:
         src.close()
-        q.put(("done", index, col.snapshot()))
+    q.put(("done", index, col.snapshot()))
 
 
 def run(cfg: Config, patterns: list[str], workers: int, writer, stop: threading.Event,
@@ -98,7 +101,7 @@ def run(cfg: Config, patterns: list[str], workers: int, writer, stop: threading.
     ready: set[int] = set()
     done: dict[int, dict] = {}
     errors: list[str] = []
-    while len(done) + len(errors) < workers:
+    while len(done) < workers:
         if stop.is_set() and not mstop.is_set():
             mstop.set()
         try:
@@ -118,6 +121,8 @@ def run(cfg: Config, patterns: list[str], workers: int, writer, stop: threading.
         elif kind == "error":
             errors.append(b)
             mstop.set()
+        if len(done) == workers:
+            break
     for p in procs:
         p.join(timeout=10)
     writer.flush()

@@ -272,3 +272,13 @@ def test_an_old_capture_is_kept_for_the_retention_period(tmp_path):
     ((packets,),) = store.query("SELECT sum(packet_tx + packet_rx) FROM network_map", "flow_metrics",
                                 "--data-precision", "1s")
     assert packets == 22
+
+
+def test_capture_nic_and_agent_names_resolve(filled):
+    """flow_tag dictionaries name the capture NIC (a pcap's stem) and the agent (this host)."""
+    store, _ = filled
+    ((nic, agent),) = store.query(
+        "SELECT DISTINCT dictGet('flow_tag.vtap_port_map', 'name', (toUInt64(agent_id), toUInt64(capture_nic))), "
+        "dictGet('flow_tag.vtap_map', 'name', toUInt64(agent_id)) FROM l4_flow_log", "flow_log")
+    assert nic in {"tcp_rst", "syn_drop"}          # both captured on the same client NIC (one MAC)
+    assert agent == socket.gethostname()
