@@ -299,13 +299,9 @@ class PcapSource:
                 else:
                     ok = ch.avail() == nxt  # a record that ends the file exactly
                 if ok:
-                    ch.pos += rel
-                    self._stats["skipped_bytes"] += rel
-                    return True
+                    return self._skipped(ch, rel)
             rel += 1
-        self._stats["skipped_bytes"] += ch.avail()
-        ch.pos = len(ch.buf)
-        return False
+        return self._skipped(ch, None)
 
     # -- pcapng -----------------------------------------------------------------------------------------
 
@@ -368,6 +364,14 @@ class PcapSource:
                 break
         if batch:
             yield batch
+
+    def _skipped(self, ch: _Chunks, rel: int | None) -> bool:
+        """After garbage: skip ``rel`` bytes to the next good record (True), or everything left
+        when none was found (``rel`` None, False); the skipped bytes are counted."""
+        n = ch.avail() if rel is None else rel
+        self._stats["skipped_bytes"] += n
+        ch.pos += n
+        return rel is not None
 
     def _count(self, detail: str = "") -> None:
         """One damaged record or block skipped (``detail`` names the specific counter, if any)."""
@@ -531,13 +535,9 @@ class _NgState:
                 and ch.fill(rel + blen)
                 and struct.unpack_from(f"{bo2}I", ch.buf, ch.pos + rel + blen - 4)[0] == blen
             ):
-                ch.pos += rel
-                src._stats["skipped_bytes"] += rel
-                return True
+                return src._skipped(ch, rel)
             rel += 4
-        src._stats["skipped_bytes"] += ch.avail()
-        ch.pos = len(ch.buf)
-        return False
+        return src._skipped(ch, None)
 
 
 def _stem(path: str) -> str:

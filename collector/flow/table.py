@@ -22,6 +22,7 @@ from collector.flow import tcp
 from collector.flow.model import (
     ART,
     ART_MAX_US,
+    CIT,
     MASK32,
     MAX_SEQ_GAPS,
     N_LAT3,
@@ -246,38 +247,20 @@ class FlowTable:
                             d = ts - f.resp_ts
                             f.resp_ts = 0
                             if d >= 0:
-                                acc = f.lat
-                                if acc is None:
-                                    acc = f.lat = [0] * N_LAT3
-                                acc[15] += d
-                                acc[16] += 1
-                                if d > acc[17]:
-                                    acc[17] = d
+                                self._sample(f, CIT, d)
                     else:
                         f.server_data = True
                         if f.art_wait:                  # application response time (art)
                             f.art_wait = False
                             d = ts - f.req_ts
                             if 0 <= d <= ART_MAX_US:
-                                acc = f.lat
-                                if acc is None:
-                                    acc = f.lat = [0] * N_LAT3
-                                acc[12] += d
-                                acc[13] += 1
-                                if d > acc[14]:
-                                    acc[14] = d
+                                self._sample(f, ART, d)
                         f.resp_ts = ts
                 elif f.srt_wait and not sd.is_client and ack == f.req_end and flags & 0x1F == ACK:
                     f.srt_wait = False                  # system response time (srt): a pure ACK
                     d = ts - f.req_ts
                     if 0 <= d <= SRT_MAX_US:
-                        acc = f.lat
-                        if acc is None:
-                            acc = f.lat = [0] * N_LAT3
-                        acc[9] += d
-                        acc[10] += 1
-                        if d > acc[11]:
-                            acc[11] = d
+                        self._sample(f, SRT, d)
                 if not win and not flags & 6:
                     sd.zero_win += 1
             elif proto == 17:
