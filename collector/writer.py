@@ -107,21 +107,28 @@ class Converter:
 
     def convert(self, batch: RowBatch) -> pa.Table:
         cols: dict[str, pa.Array] = {}
-        data = dict(zip(batch.columns, zip(*batch.rows, strict=True), strict=True))
         n = len(batch.rows)
+        if not n:
+            return pa.table({"time": pa.array([], pa.uint32())})
+        # One C pass makes a 2-D object array; its columns convert to numpy types in C as well
+        # (about twice as fast as transposing the tuples with zip and converting each column).
+        grid = np.array(batch.rows, dtype=object)
+        if grid.ndim != 2:
+            raise ValueError(f"rows of unequal length for {len(batch.columns)} columns")
+        data = {name: grid[:, j] for j, name in enumerate(batch.columns)}
         for name, values in data.items():
             if name.startswith("~") or name.startswith("tag_id_"):
                 continue
             self._put(cols, name, values)
         if "~fin_tx" in data and "fin_count" in self.columns:
-            fin = np.fromiter(data["~fin_tx"], np.uint64, n) + np.fromiter(data["~fin_rx"], np.uint64, n)
+            fin = data["~fin_tx"].astype(np.uint64) + data["~fin_rx"].astype(np.uint64)
             self._put(cols, "fin_count", fin)
         if "close_type" in data and "status" in self.columns:
-            self._put(cols, "status", _STATUS_LUT[np.fromiter(data["close_type"], np.uint16, n) & 0xFF])
+            self._put(cols, "status", _STATUS_LUT[data["close_type"].astype(np.uint16) & 0xFF])
         for suffix in ("_0", "_1"):
             ids = data.get(f"tag_id{suffix}")
             if ids is not None and self.registry is not None:
-                block = self._tag_block()[np.fromiter(ids, np.int64, n)]
+                block = self._tag_block()[ids.astype(np.int64)]
                 for i, res in enumerate(RESOURCE_COLUMNS):
                     self._put(cols, res + suffix, block[:, i])
         return pa.table(cols) if cols else pa.table({"time": pa.array([], pa.uint32())})
@@ -155,6 +162,8 @@ class Converter:
                 return
             cols[name] = arr
             return
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
         if col.zero_default and _all_default_py(values, col.arrow):
             return
         cols[name] = pa.array(values, col.arrow)
