@@ -226,27 +226,17 @@ class PcapSource:
             n0 = len(batch)
             wb = 0
             append = batch.append
+            div = 1000 if ns else 1    # fraction of a second: ns or µs
             try:
-                if ns:
-                    for _ in range(BATCH - n0):
-                        sec, frac, caplen, wlen = unpack(buf, pos)
-                        s = pos + 16
-                        nxt = s + caplen
-                        if nxt > end or caplen > cap:
-                            break
-                        append((sec * 1000000 + frac // 1000, buf[s:nxt], wlen, nic, 0))
-                        wb += wlen
-                        pos = nxt
-                else:
-                    for _ in range(BATCH - n0):
-                        sec, frac, caplen, wlen = unpack(buf, pos)
-                        s = pos + 16
-                        nxt = s + caplen
-                        if nxt > end or caplen > cap:
-                            break
-                        append((sec * 1000000 + frac, buf[s:nxt], wlen, nic, 0))
-                        wb += wlen
-                        pos = nxt
+                for _ in range(BATCH - n0):
+                    sec, frac, caplen, wlen = unpack(buf, pos)
+                    s = pos + 16
+                    nxt = s + caplen
+                    if nxt > end or caplen > cap:
+                        break
+                    append((sec * 1000000 + frac // div, buf[s:nxt], wlen, nic, 0))
+                    wb += wlen
+                    pos = nxt
             except struct.error:  # fewer than 16 bytes left in this chunk
                 pass
             ch.pos = pos
