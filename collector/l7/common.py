@@ -1,0 +1,61 @@
+"""Helpers several parsers share: trace context headers and HTTP endpoint normalisation."""
+
+from __future__ import annotations
+
+import re
+
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+# Path segments that are identifiers, not routes: numbers, UUIDs, long hex, mixed digit tokens.
+_ID_SEGMENT = re.compile(
+    r"^(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}|(?=[^/]*\d)[A-Za-z0-9_\-]{20,})$")
+
+
+def http_endpoint(path: str, *, depth: int = 2, strip_ids: bool = True) -> str:
+    """Aggregation key of an HTTP path: no query string or fragment, ids replaced by ``{id}``,
+    at most ``depth`` segments (DeepFlow's endpoint "path prefix", configurable).
+
+    >>> http_endpoint("/api/item/42?x=1")
+    '/api/item'
+    >>> http_endpoint("/api/item/42", depth=3)
+    '/api/item/{id}'
+    """
+    p = path.split("?", 1)[0].split("#", 1)[0]
+    if not p.startswith("/"):
+        return p[:256]
+    segs = [s for s in p.split("/") if s]
+    if strip_ids:
+        segs = ["{id}" if _ID_SEGMENT.match(s) else s for s in segs]
+    return "/" + "/".join(segs[:depth]) if segs else "/"
+
+
+def trace_context(headers: dict[str, str]) -> tuple[str, str, str]:
+    """(trace_id, span_id, parent_span_id) from W3C traceparent, B3 (single and multi header) or
+    Jaeger's uber-trace-id; header names lower-case. Empty strings when none is valid."""
+    tp = headers.get("traceparent")
+    if tp:
+        parts = tp.strip().split("-")
+        if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16 and _HEX.match(parts[1] + parts[2]) \
+                and parts[1] != "0" * 32:
+            return parts[1].lower(), parts[2].lower(), ""
+    b3 = headers.get("b3")
+    if b3 and b3 not in ("0", "1", "d"):
+        parts = b3.strip().split("-")
+        if len(parts) >= 2 and _HEX.match(parts[0]) and _HEX.match(parts[1]):
+            return parts[0].lower(), parts[1].lower(), parts[3].lower() if len(parts) >= 4 else ""
+    tid = headers.get("x-b3-traceid")
+    if tid and _HEX.match(tid.strip()):
+        return (tid.strip().lower(), headers.get("x-b3-spanid", "").strip().lower(),
+                headers.get("x-b3-parentspanid", "").strip().lower())
+    uber = headers.get("uber-trace-id")
+    if uber:
+        parts = uber.replace("%3A", ":").replace("%3a", ":").strip().split(":")
+        if len(parts) == 4 and all(_HEX.match(x) for x in parts[:3]):
+            parent = parts[2].lower()
+            return parts[0].lower().zfill(16), parts[1].lower(), "" if parent == "0" else parent
+    return "", "", ""
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, marked when cut."""
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
