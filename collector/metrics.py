@@ -1,8 +1,10 @@
-"""Flow-second deltas → ``flow_metrics.network`` / ``network_map`` rows at 1 s and 1 m
-(datamodel §3, "How the agent produces them").
+"""Per-flow deltas → ``flow_metrics`` rows at 1 s and 1 m (datamodel §3, "How the agent produces
+them"): flow-seconds into ``network`` / ``network_map``, L7 records into ``application`` /
+``application_map``.
 
 Python only appends tuples; grouping, the single-side split and the minute roll-up run in
-Arrow's C++ group-by. Close events come from the l4_flow_log close rows and count in the
+Arrow's C++ group-by. Any column that is not a key is a meter: ``*_max`` and direction_score are
+maxed, the rest summed. Close events come from the l4_flow_log close rows and count in the
 second of the flow's last packet (closed_flow and one counter per close_type, §4).
 """
 
@@ -14,13 +16,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from collector.flow.report import FS_COLUMNS, FS_KEY, L4_COLUMNS
-from collector.tagging import EPC_INDEX, TagRegistry
+from collector.flow.report import APP_COLUMNS, FS_COLUMNS, FS_KEY, L4_COLUMNS
+from collector.tagging import EPC_INDEX, RESOURCE_COLUMNS, TagRegistry
 from flowscope.enums import CLOSE_TYPE_STATUS, FAIL_SUMS
 
-SUM_METERS = tuple(c for c in FS_COLUMNS[len(FS_KEY) + 1:]
-                   if c != "direction_score" and not c.endswith("_max"))
-MAX_METERS = tuple(c for c in FS_COLUMNS[len(FS_KEY) + 1:] if c == "direction_score" or c.endswith("_max"))
+# Columns that identify a row (everything else is a meter).
+KEYS = frozenset(FS_KEY) | {"time", "l7_protocol", "endpoint", "role", "ip4", "ip6"}
+# Derived sums stored next to their parts.
+DERIVED = {"l7_error": ("l7_client_error", "l7_server_error"), "error": ("client_error", "server_error"),
+           **FAIL_SUMS}
 # close_type → its counter column (only the types that have one).
 CLOSE_COUNTERS = {ct: name for ct, (_, name) in CLOSE_TYPE_STATUS.items() if name}
 COUNTER_COLUMNS = tuple(sorted(set(CLOSE_COUNTERS.values()))) + ("closed_flow",)
@@ -34,10 +38,15 @@ _TYPES: dict[str, pa.DataType] = {
     "ip4_1": pa.uint32(), "ip6_0": pa.binary(16), "ip6_1": pa.binary(16), "is_ipv4": pa.uint8(),
     "protocol": pa.uint8(), "server_port": pa.uint16(), "observation_point": pa.string(),
     "capture_nic": pa.uint32(), "tunnel_type": pa.uint8(), "direction_score": pa.uint8(),
+    "l7_protocol": pa.uint8(), "endpoint": pa.string(),
 }
 _MAP_KEYS = FS_KEY
 _TX_RX = [(c, c[:-3] + "_rx") for c in FS_COLUMNS if c.endswith("_tx")] + [
     ("syn_count", "synack_count"), ("retrans_syn", "retrans_synack")]
+
+
+def _is_max(name: str) -> bool:
+    return name == "direction_score" or name.endswith("_max")
 
 
 def _col_type(name: str) -> pa.DataType:
@@ -47,9 +56,21 @@ def _col_type(name: str) -> pa.DataType:
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in columns]
-    return pa.table({name: pa.array(col, _col_type(name)) for name, col in zip(columns, cols, strict=True)
-                     if not name.startswith("~")})
+    """Row tuples → Arrow columns (through a 2-D object array: the transposition runs in C)."""
+    if not rows:
+        return pa.table({name: pa.array([], _col_type(name)) for name in columns if not name.startswith("~")})
+    grid = np.array(rows, dtype=object)
+    out = {}
+    for j, name in enumerate(columns):
+        if name.startswith("~"):
+            continue
+        t = _col_type(name)
+        col = grid[:, j]
+        if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_fixed_size_binary(t):
+            out[name] = pa.array(col.tolist(), t)
+        else:
+            out[name] = pa.array(col.astype(t.to_pandas_dtype()), t)
+    return pa.table(out)
 
 
 class MetricsAggregator:
@@ -60,7 +81,10 @@ class MetricsAggregator:
     which the querier sums like any other).
     """
 
-    def __init__(self, registry: TagRegistry, *, agent_id: int = 1, minute_grace_s: int = 5) -> None:
+    def __init__(self, registry: TagRegistry, *, agent_id: int = 1, minute_grace_s: int = 5,
+                 family: str = "network") -> None:
+        self.family = family                # "network" (flow-seconds) or "application" (L7 records)
+        self.columns = FS_COLUMNS if family == "network" else APP_COLUMNS
         self.registry = registry
         self.agent_id = agent_id
         self.grace = minute_grace_s
@@ -88,9 +112,10 @@ class MetricsAggregator:
         """Aggregate what is buffered; ``data_sec`` is the collector's current data second."""
         out: dict[str, list[pa.Table]] = defaultdict(list)
         flat = self._flat()
+        fam = f"flow_metrics.{self.family}"
         if flat is not None:
-            out["flow_metrics.network_map.1s"].append(self._map_rows(flat))
-            out["flow_metrics.network.1s"].append(self._single_rows(flat))
+            out[f"{fam}_map.1s"].append(self._map_rows(flat))
+            out[f"{fam}.1s"].append(self._single_rows(flat))
             minute = self._floor_minutes(flat)
             for m in np.unique(minute["time"].to_numpy()):
                 part = minute.filter(pc.equal(minute["time"], pa.scalar(int(m), pa.uint32())))
@@ -98,8 +123,8 @@ class MetricsAggregator:
         for m in sorted(self._minutes):
             if final or (data_sec is not None and data_sec >= m + 60 + self.grace):
                 merged = _group(pa.concat_tables(self._minutes.pop(m)))
-                out["flow_metrics.network_map.1m"].append(self._map_rows(merged))
-                out["flow_metrics.network.1m"].append(self._single_rows(merged))
+                out[f"{fam}_map.1m"].append(self._map_rows(merged))
+                out[f"{fam}.1m"].append(self._single_rows(merged))
         return dict(out)
 
     def _flat(self) -> pa.Table | None:
@@ -108,7 +133,7 @@ class MetricsAggregator:
             return None
         parts = []
         if self._seconds:
-            parts.append(_table(FS_COLUMNS, self._seconds))
+            parts.append(_table(self.columns, self._seconds))
             self._seconds = []
         if self._closes:
             parts.append(self._close_table(self._closes))
@@ -149,7 +174,7 @@ class MetricsAggregator:
         cols.update(_expand(tags, t0, "_0"))
         cols.update(_expand(tags, t["tag_id_1"].to_numpy(), "_1"))
         cols["agent_id"] = pa.array(np.full(t.num_rows, self.agent_id, np.uint16))
-        return _with_fail_sums(pa.table(cols))
+        return _with_derived(pa.table(cols))
 
     def _single_rows(self, t: pa.Table) -> pa.Table:
         """One row per end observed as c / s / local, keyed by that end's IP and role (§3c)."""
@@ -184,27 +209,25 @@ class MetricsAggregator:
             parts.append(pa.table(cols))
         if not parts:
             return pa.table({})
-        keys = [c for c in parts[0].column_names if c not in SUM_METERS and c not in MAX_METERS
-                and c not in COUNTER_COLUMNS]
-        grouped = _group(pa.concat_tables(parts), keys=keys)
-        return _with_fail_sums(grouped.append_column(
+        grouped = _group(pa.concat_tables(parts))
+        return _with_derived(grouped.append_column(
             "agent_id", pa.array(np.full(grouped.num_rows, self.agent_id, np.uint16))))
 
 
-def _expand(tags: np.ndarray, tid: np.ndarray, suffix: str) -> dict[str, pa.Array]:
-    from collector.tagging import RESOURCE_COLUMNS
+_RESOURCE_PREFIXES = tuple(RESOURCE_COLUMNS)
 
+
+def _expand(tags: np.ndarray, tid: np.ndarray, suffix: str) -> dict[str, pa.Array]:
     block = tags[tid] if len(tid) else np.zeros((0, len(RESOURCE_COLUMNS)), np.int64)
     return {f"{name}{suffix}": pa.array(block[:, i]) for i, name in enumerate(RESOURCE_COLUMNS)}
 
 
-def _group(t: pa.Table, keys: list[str] | None = None) -> pa.Table:
-    """Sum counters, max the maxima, over every non-meter column."""
+def _group(t: pa.Table) -> pa.Table:
+    """Group by the key columns; sum the counters and max the maxima."""
     names = t.column_names
-    if keys is None:
-        keys = [c for c in names if c not in SUM_METERS and c not in MAX_METERS and c not in COUNTER_COLUMNS]
-    aggs = [(c, "sum") for c in names if c in SUM_METERS or c in COUNTER_COLUMNS]
-    aggs += [(c, "max") for c in names if c in MAX_METERS]
+    keys = [c for c in names if c in KEYS or c.startswith(_RESOURCE_PREFIXES)]
+    meters = [c for c in names if c not in keys]
+    aggs = [(c, "max") if _is_max(c) else (c, "sum") for c in meters]
     g = t.group_by(keys, use_threads=False).aggregate(aggs)
     return g.rename_columns([n[:-4] if n.endswith(("_sum", "_max")) and n[:-4] in names else n
                              for n in g.column_names])
@@ -218,11 +241,12 @@ def _zero_fill(t: pa.Table, schema: pa.Schema) -> pa.Table:
     return t
 
 
-def _with_fail_sums(t: pa.Table) -> pa.Table:
-    """The stored failure sums (datamodel §3b) from the per-close_type counters."""
-    if "closed_flow" not in t.column_names:
-        return t
-    for name, parts in FAIL_SUMS.items():
+def _with_derived(t: pa.Table) -> pa.Table:
+    """The stored sums (datamodel §3b: failure sums from the per-close_type counters, l7_error,
+    error) from their parts."""
+    for name, parts in DERIVED.items():
+        if name in t.column_names:
+            continue
         total = None
         for p in parts:
             if p in t.column_names:

@@ -19,8 +19,9 @@ import pyarrow as pa
 from collector.capture.base import LINKTYPE_ETHERNET, CaptureNic
 from collector.decode.packet import Decoder
 from collector.flow.observation import NearEnd, NicRoles, guess_local_mac
-from collector.flow.report import L4_COLUMNS
+from collector.flow.report import L4_COLUMNS, L7_COLUMNS
 from collector.flow.table import FlowConfig, FlowTable, NicInfo
+from collector.l7.registry import Detector
 from collector.metrics import MetricsAggregator
 from collector.tagging import Tagger
 from collector.writer import RowBatch, Writer
@@ -29,8 +30,9 @@ from flowscope.config import Config
 log = logging.getLogger("flowscope.collector")
 
 L4_TABLE = "flow_log.l4_flow_log"
-WRITTEN_TABLES = (L4_TABLE, "flow_metrics.network.1s", "flow_metrics.network.1m", "flow_metrics.network_map.1s",
-                  "flow_metrics.network_map.1m", "flow_tag.vtap", "flow_tag.vtap_port")
+L7_TABLE = "flow_log.l7_flow_log"
+WRITTEN_TABLES = (L4_TABLE, L7_TABLE, "flow_tag.vtap", "flow_tag.vtap_port") + tuple(
+    f"flow_metrics.{t}.{p}" for t in ("network", "network_map", "application", "application_map") for p in ("1s", "1m"))
 L4_BATCH_ROWS = 50_000
 
 
@@ -66,15 +68,18 @@ class Collector:
         c = cfg.capture
         decoder = Decoder(decap=tuple(c.decap), vxlan_ports=tuple(c.vxlan_ports), geneve_port=c.geneve_port)
         self.tagger = tagger or Tagger()
+        self.detector = Detector(cfg.l7.parser_config()) if cfg.l7.enabled else None
         self.table = FlowTable(self, FlowConfig(max_flows=cfg.flow.max_flows, timeouts=cfg.flow.timeouts,
                                                 server_ports=frozenset(cfg.flow.server_ports),
                                                 agent_id=cfg.agent_id, worker=worker),
-                               decoder=decoder, tagger=self.tagger)
+                               decoder=decoder, tagger=self.tagger, l7=self.detector)
         self.metrics = MetricsAggregator(self.tagger.registry, agent_id=cfg.agent_id)
+        self.app_metrics = MetricsAggregator(self.tagger.registry, agent_id=cfg.agent_id, family="application")
         self.roles = NicRoles(tuple(c.interfaces))
         self.local_macs = frozenset(_parse_mac(m) for m in c.local_macs)
         self.local_ips = frozenset(_ip_key(i) for i in c.local_ips)
         self._l4: list[tuple] = []
+        self._l7: list[tuple] = []
         self._registered: dict[int, CaptureNic] = {}
         self._last_flush = time.monotonic()
         self.nic_rows: list[tuple] = []
@@ -92,15 +97,28 @@ class Collector:
     def seconds(self, rows: list[tuple]) -> None:
         self.metrics.add_seconds(rows)
 
+    def l7(self, rows: list[tuple]) -> None:
+        self._l7.extend(rows)
+        if len(self._l7) >= L4_BATCH_ROWS:
+            self._flush_l4()
+
+    def app(self, rows: list[tuple]) -> None:
+        self.app_metrics.add_seconds(rows)
+
     def _flush_l4(self) -> None:
         if self._l4:
             rows, self._l4 = self._l4, []
             self.writer.put(L4_TABLE, RowBatch(L4_COLUMNS, rows))
+        if self._l7:
+            rows, self._l7 = self._l7, []
+            self.writer.put(L7_TABLE, RowBatch(L7_COLUMNS, rows))
 
     def _flush_metrics(self, final: bool = False) -> None:
-        for table, parts in self.metrics.flush(self.table.sec, final=final).items():
-            for t in parts:
-                self.writer.put(table, t)
+        for agg in (self.metrics, self.app_metrics):
+            for table, parts in agg.flush(self.table.sec, final=final).items():
+                parts = [t for t in parts if t.num_rows]
+                if parts:      # one insert per table: a ClickHouse insert costs ~10 ms however small
+                    self.writer.put(table, pa.concat_tables(parts, promote_options="default"))
         self._last_flush = time.monotonic()
 
     # -- NICs -------------------------------------------------------------------------------
@@ -165,7 +183,7 @@ class Collector:
                     table.advance(now_us())
                 self._flush_l4()
                 self._flush_metrics()
-            elif not self.live and self.metrics.pending() >= 200_000:
+            elif not self.live and self.metrics.pending() + self.app_metrics.pending() >= 200_000:
                 self._flush_metrics()
             if stop is not None and stop.is_set():
                 if not stopping_since:
@@ -187,6 +205,9 @@ class Collector:
         ws = self.writer.stats
         return {
             "table": dict(self.table.stats),
+            "l7": {**self.table.l7_stats,
+                   **({f"detected {k}": v for k, v in self.detector.detected.items()} if self.detector else {}),
+                   **({f"gave up: {k}": v for k, v in self.detector.gave_up.items()} if self.detector else {})},
             "flows_active": self.table.nflows,
             "decode_skipped": dict(self.table.decoder.skipped),
             "decode_notes": dict(self.table.decoder.seen),

@@ -40,7 +40,7 @@ class Column:
     name: str
     ch_type: str
     arrow: pa.DataType
-    numpy: type | None          # numpy dtype for numeric columns
+    numpy: type | None          # numpy dtype for numeric, non-Nullable columns
     zero_default: bool          # no DEFAULT expression: omitting it stores the type's zero
 
 
@@ -79,6 +79,8 @@ def load_columns(client, table: str) -> dict[str, Column]:
     for r in rows:
         col, ch_type, default_kind = r[0], r[1], r[2]
         a, n = arrow_type(ch_type)
+        if _unwrap(ch_type)[1]:             # Nullable: None values go through Arrow's own conversion
+            n = None
         out[col] = Column(col, ch_type, a, n, default_kind == "")
     return out
 
@@ -112,10 +114,15 @@ class Converter:
             return pa.table({"time": pa.array([], pa.uint32())})
         # One C pass makes a 2-D object array; its columns convert to numpy types in C as well
         # (about twice as fast as transposing the tuples with zip and converting each column).
+        # Rows hold no lists (numpy would descend into them): attributes travel as one dict.
         grid = np.array(batch.rows, dtype=object)
         if grid.ndim != 2:
             raise ValueError(f"rows of unequal length for {len(batch.columns)} columns")
         data = {name: grid[:, j] for j, name in enumerate(batch.columns)}
+        attrs = data.get("~attributes")
+        if attrs is not None and "attribute_names" in self.columns and any(a is not None for a in attrs):
+            self._put(cols, "attribute_names", [list(a) if a else [] for a in attrs])
+            self._put(cols, "attribute_values", [[str(v) for v in a.values()] if a else [] for a in attrs])
         for name, values in data.items():
             if name.startswith("~") or name.startswith("tag_id_"):
                 continue
@@ -164,6 +171,8 @@ class Converter:
             return
         if isinstance(values, np.ndarray):
             values = values.tolist()
+        elif not isinstance(values, list):
+            values = list(values)
         if col.zero_default and _all_default_py(values, col.arrow):
             return
         cols[name] = pa.array(values, col.arrow)
@@ -172,12 +181,14 @@ class Converter:
 _ZERO16 = bytes(16)
 
 
-def _all_default_py(values, typ: pa.DataType) -> bool:
+def _all_default_py(values: list, typ: pa.DataType) -> bool:
     if typ == pa.string():
         return values.count("") == len(values)
     if typ == pa.binary(16):
         return values.count(_ZERO16) == len(values)
-    return False
+    if pa.types.is_list(typ):
+        return values.count([]) == len(values)
+    return values.count(None) == len(values)     # Nullable: all NULL
 
 
 def _all_zero(arr, typ: pa.DataType) -> bool:
@@ -316,12 +327,22 @@ class Writer:
             except queue.Empty:
                 self._retry_spool()
                 continue
+            # Take whatever else is queued too and write each table once (inserts have a fixed cost).
+            items = [item]
+            while True:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if item is None:
+                stop = any(i is None for i in items)
+                for table, batches in _by_table(i for i in items if i is not None):
+                    self._handle(table, batches[0] if len(batches) == 1 else _merge(batches))
+                if stop:
                     return
-                self._handle(*item)
             finally:
-                self._q.task_done()
+                for _ in items:
+                    self._q.task_done()
 
     def _handle(self, table: str, batch: RowBatch | pa.Table) -> None:
         try:
@@ -404,3 +425,20 @@ class Writer:
 
 def _rows(batch: RowBatch | pa.Table) -> int:
     return len(batch.rows) if isinstance(batch, RowBatch) else batch.num_rows
+
+
+def _by_table(items) -> list[tuple[str, list]]:
+    """Queued (table, batch) items grouped by table, in first-seen order."""
+    groups: dict[str, list] = {}
+    for table, batch in items:
+        groups.setdefault(table, []).append(batch)
+    return list(groups.items())
+
+
+def _merge(batches: list) -> RowBatch | pa.Table:
+    """Several batches of one table as one (row batches with the same columns, or Arrow tables)."""
+    if all(isinstance(b, RowBatch) for b in batches) and len({b.columns for b in batches}) == 1:
+        return RowBatch(batches[0].columns, [r for b in batches for r in b.rows])
+    if all(isinstance(b, pa.Table) for b in batches):
+        return pa.concat_tables(batches, promote_options="default")
+    raise ValueError("cannot merge mixed batches")

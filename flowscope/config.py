@@ -51,6 +51,26 @@ class FlowSettings:
 
 
 @dataclass
+class L7Settings:
+    enabled: bool = True
+    protocols: list[str] | None = None     # None: all (HTTP, HTTP2, DNS, TLS, MySQL, Redis, Kafka, MQTT, Dubbo)
+    sql_max: int = 1024                    # SQL text kept per statement
+    redis_arg_max: int = 64
+    result_max: int = 256
+    max_buffer_kb: int = 64                # per flow direction
+    http_endpoint_depth: int = 2           # path segments kept in HTTP endpoints
+    endpoint_strip_ids: bool = True
+
+    def parser_config(self):
+        from collector.l7.base import L7Config
+
+        return L7Config(protocols=frozenset(self.protocols) if self.protocols else None, sql_max=self.sql_max,
+                        redis_arg_max=self.redis_arg_max, result_max=self.result_max,
+                        max_buffer=self.max_buffer_kb << 10, http_endpoint_depth=self.http_endpoint_depth,
+                        endpoint_strip_ids=self.endpoint_strip_ids)
+
+
+@dataclass
 class WriterConfig:
     queue_batches: int = 64
     spool_dir: str = ".flowscope/spool"
@@ -74,6 +94,7 @@ class Config:
     retention_hours: dict[str, int] = field(default_factory=dict)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     flow: FlowSettings = field(default_factory=FlowSettings)
+    l7: L7Settings = field(default_factory=L7Settings)
     writer: WriterConfig = field(default_factory=WriterConfig)
     datasource: DatasourceConfig = field(default_factory=DatasourceConfig)
 

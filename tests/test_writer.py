@@ -224,9 +224,9 @@ def test_outage_spools_to_disk_then_replays_in_order_exactly_once(store, capture
     w = Writer(proxy, registry=registry, spool_dir=spool, retry_s=0.2)
     try:
         b1, b2, b3, b4 = _batches(rows, (3, 5, 7, 4))
-        for b in (b1, b2, b3):
+        for b in (b1, b2, b3):      # one at a time: queued batches of a table would be merged
             w.put(L4, b)
-        w.flush()
+            w.flush()
         assert len(_spooled(spool)) == 3
         assert w.stats.rows_spooled == 15
         assert w.stats.spool_bytes == sum(p.stat().st_size for p in _spooled(spool)) > 0
@@ -255,6 +255,7 @@ def test_clickhouse_down_at_start_holds_batches_until_it_answers(store, captured
     try:
         b1, b2 = _batches(rows, (6, 9))
         w.put(L4, b1)
+        w.flush()
         w.put(L4, b2)
         w.flush()
         assert w.stats.rows_written == {} and w.stats.rows_dropped == {}
@@ -274,6 +275,7 @@ def test_a_new_writer_replays_what_a_previous_run_spooled(store, captured, tmp_p
     first = Writer(FlakyClient(store, down=True), registry=registry, spool_dir=spool, retry_s=0.2)
     for b in _batches(rows, (10, 9)):
         first.put(L4, b)
+        first.flush()
     first.close()
     files = _spooled(spool)
     assert len(files) == 2 and _flow_ids(store) == []
@@ -300,7 +302,7 @@ def test_the_spool_is_bounded_and_drops_the_oldest(store, captured, tmp_path: Pa
         b1, b2, b3 = _batches(rows, (6, 6, 7))
         for b in (b1, b2, b3):
             w.put(L4, b)
-        w.flush()
+            w.flush()
         kept = _spooled(spool)
         assert len(kept) == 1
         assert w.stats.rows_spooled == 19
@@ -319,6 +321,7 @@ def test_without_a_spool_failed_inserts_are_counted_as_dropped(store, captured):
     w = Writer(FlakyClient(store, down=True), registry=registry)
     try:
         w.put(L4, RowBatch(L4_COLUMNS, rows))
+        w.flush()
         w.put(NET_1S, net[0])
         w.flush()
         assert w.stats.rows_dropped == {L4: 19, NET_1S: net[0].num_rows}
@@ -350,3 +353,25 @@ def test_non_blocking_writer_drops_and_counts_instead_of_stalling(store, capture
         proxy.release.set()
         w.close()
     assert _flow_ids(store) == sorted(r[0] for r in b1.rows + b2.rows)
+
+
+def test_queued_batches_of_a_table_are_written_in_one_insert(store, captured):
+    """Under load the writer takes everything queued and inserts each table once (an insert has a
+    fixed cost), keeping the rows and their order."""
+    rows, registry, _ = captured
+    proxy = FlakyClient(store)
+    proxy.release.clear()                          # hold the first insert so the rest queue up
+    w = Writer(proxy, registry=registry, queue_batches=16)
+    b1, b2, b3, b4 = _batches(rows, (2, 5, 6, 6))
+    try:
+        w.put(L4, b1)
+        assert proxy.entered.wait(DEADLINE_S)
+        for b in (b2, b3, b4):
+            w.put(L4, b)
+        proxy.release.set()
+        w.flush()
+    finally:
+        proxy.release.set()
+        w.close()
+    assert proxy.inserted == [(L4, 2), (L4, 17)]
+    assert _flow_ids(store) == sorted(r[0] for r in rows)

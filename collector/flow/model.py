@@ -55,7 +55,7 @@ class Flow:
     """A bidirectional flow at one capture NIC."""
 
     __slots__ = ("art_wait", "client", "dirty", "done", "eth_type", "flow_id", "is_new", "is_new_sec",
-                 "is_v4", "l7", "l7_protocol", "last_ts", "mkey", "nic", "obs", "prev_state",
+                 "is_v4", "l7", "l7_protocol", "l7_rev", "l7_tries", "l7s", "l7w", "last_ts", "mkey", "nic", "obs", "prev_state",
                  "proto", "report_at", "req_end", "req_ts", "request_domain", "resp_ts", "rst_by_client",
                  "lat", "score", "server", "server_data", "srt_wait", "start_ts", "state",
                  "syn_ts", "synack_ts", "tunnel", "vlan", "win_lat", "win_start")
@@ -66,6 +66,10 @@ class Flow:
         self.lat = self.win_lat = self.l7 = None
         self.syn_ts = self.synack_ts = self.req_ts = self.resp_ts = self.prev_state = 0
         self.l7_protocol = 0
+        self.l7_tries = 0           # payloads looked at without finding a protocol
+        self.l7_rev = 0             # is_reversed: the L7 client is the end we took for the server
+        self.l7w = None             # this window's L7 counts (l4_flow_log l7_* / rrt_*)
+        self.l7s = None             # this second's L7 counts by (protocol, endpoint)
         self.req_end = -1
         self.request_domain = ""
         self.is_new = True          # first 60 s window (is_new_flow)

@@ -43,7 +43,10 @@ L4_TOTAL = ("total_packet_tx", "total_packet_rx", "total_byte_tx", "total_byte_r
 L4_LAT = ("~rtt_sum", "~rtt_count", "rtt", "~rtt_client_sum", "~rtt_client_count", "rtt_client",
           "~rtt_server_sum", "~rtt_server_count", "rtt_server", "srt_sum", "srt_count", "srt_max",
           "art_sum", "art_count", "art_max", "cit_sum", "cit_count", "cit_max")
-L4_COLUMNS = L4_STATIC + L4_DYNAMIC + L4_TUNNEL + L4_TX + L4_RX + L4_TOTAL + L4_LAT
+L4_L7 = ("l7_request", "l7_response", "l7_client_error", "l7_server_error", "l7_server_timeout", "rrt_sum",
+         "rrt_count", "rrt_max", "l7_parse_failed")
+ZERO_L4_L7 = (0,) * len(L4_L7)
+L4_COLUMNS = L4_STATIC + L4_DYNAMIC + L4_TUNNEL + L4_TX + L4_RX + L4_TOTAL + L4_LAT + L4_L7
 
 # -- flow-second deltas (metrics input) ---------------------------------------------------------
 FS_KEY = ("tag_id_0", "tag_id_1", "ip4_0", "ip4_1", "ip6_0", "ip6_1", "is_ipv4", "protocol",
@@ -53,7 +56,16 @@ FS_TX = ("packet_tx", "byte_tx", "l3_byte_tx", "l4_byte_tx", "retrans_tx", "zero
 FS_RX = ("packet_rx", "byte_rx", "l3_byte_rx", "l4_byte_rx", "retrans_rx", "zero_win_rx", "ooo_rx",
          "synack_count", "retrans_synack", "~fin_rx")
 FS_LAT = tuple(f"{n}_{x}" for n in LAT_NAMES for x in ("sum", "count", "max"))
-FS_COLUMNS = ("time",) + FS_KEY + FS_TX + FS_RX + ("new_flow", "direction_score") + FS_LAT
+# L7 counts on the network tables (from the flow's L7 records; zero in plain flow-seconds).
+FS_L7 = ("l7_request", "l7_response", "l7_client_error", "l7_server_error", "l7_timeout", "rrt_sum",
+         "rrt_count", "rrt_max")
+ZERO_L7 = (0,) * len(FS_L7)
+FS_COLUMNS = ("time",) + FS_KEY + FS_TX + FS_RX + ("new_flow", "direction_score") + FS_LAT + FS_L7
+
+# Application metrics input: one row per L7 record (datamodel §3b "application[_map]").
+APP_METERS = ("request", "response", "client_error", "server_error", "timeout", "rrt_sum", "rrt_count",
+              "rrt_max", "direction_score")
+APP_COLUMNS = ("time",) + FS_KEY + ("l7_protocol", "endpoint") + APP_METERS
 
 def fold_into_window(f: Flow, acc: list[int]) -> None:
     """Add one second's latency accumulators into the flow's window accumulators."""
@@ -76,6 +88,7 @@ class RowBuilder:
         self.agent_id = agent_id
         self.nics = nics
         self.seconds: list[tuple] = []
+        self.app: list[tuple] = []
         self._row_seq = 0
         # _id = end second << 32 | writer id (10 bits) << 22 | counter: one id per agent and worker
         self._id_mid = ((agent_id << 3) + worker & 0x3FF) << 22
@@ -107,10 +120,46 @@ class RowBuilder:
             tail = (1, f.score)
         else:
             tail = (0, f.score)
-        self.seconds.append((sec,) + f.mkey + dc + ds + tail + lat)
+        l7 = f.l7s
+        if l7 is None:
+            self.seconds.append((sec,) + f.mkey + dc + ds + tail + lat + ZERO_L7)
+            return
+        # this second's L7 counts: on the network row, and one application row per endpoint
+        f.l7s = None
+        total = [0] * 8
+        key = (sec,) + f.mkey
+        app = self.app
+        for (protocol, endpoint), counts in l7.items():
+            app.append(key + (protocol, endpoint) + tuple(counts) + (f.score,))
+            for i in range(7):
+                total[i] += counts[i]
+            if counts[7] > total[7]:
+                total[7] = counts[7]
+        self.seconds.append(key + dc + ds + tail + lat + tuple(total))
 
     def take_seconds(self) -> list[tuple]:
         out, self.seconds = self.seconds, []
+        return out
+
+    @staticmethod
+    def l7_counts(f: Flow, protocol: int, endpoint: str, counts: tuple) -> None:
+        """One L7 record's counts into this second's per-endpoint accumulators, which ``second``
+        turns into the network (l7_* / rrt_*) and application rows. ``counts``: request,
+        response, client error, server error, timeout, rrt sum, rrt count, rrt max."""
+        acc = f.l7s
+        if acc is None:
+            acc = f.l7s = {}
+        cur = acc.get((protocol, endpoint))
+        if cur is None:
+            acc[(protocol, endpoint)] = list(counts)
+            return
+        for i in range(7):
+            cur[i] += counts[i]
+        if counts[7] > cur[7]:
+            cur[7] = counts[7]
+
+    def take_app(self) -> list[tuple]:
+        out, self.app = self.app, []
         return out
 
     # -- l4_flow_log ----------------------------------------------------------------------------
@@ -131,14 +180,15 @@ class RowBuilder:
         lat = f.win_lat
         return (static + dyn + (NO_TUNNEL if f.tunnel is None else tunnel_block(f))
                 + tuple(map(sub, cc, c.win_snap)) + tuple(map(sub, sc, s.win_snap))
-                + (cc[0], sc[0], cc[1], sc[1]) + (ZERO_LAT if lat is None else tuple(lat)))
+                + (cc[0], sc[0], cc[1], sc[1]) + (ZERO_LAT if lat is None else tuple(lat))
+                + (ZERO_L4_L7 if f.l7w is None else tuple(f.l7w)))
 
     def new_window(self, f: Flow, start_us: int) -> None:
         """Start the next 60 s window of a live flow."""
         c, s = f.client, f.server
         c.win_snap, s.win_snap = side_counters(c), side_counters(s)
         c.flags = s.flags = 0
-        f.win_lat = None
+        f.win_lat = f.l7w = None
         f.win_start = start_us
         f.is_new = False
 
@@ -163,3 +213,51 @@ def tunnel_block(f: Flow) -> tuple:
 
 RESOURCE_0 = tuple(f"{c}_0" for c in RESOURCE_COLUMNS)
 RESOURCE_1 = tuple(f"{c}_1" for c in RESOURCE_COLUMNS)
+
+
+# -- l7_flow_log -------------------------------------------------------------------------------
+L7_FLOW = ("flow_id", "ip4_0", "ip4_1", "ip6_0", "ip6_1", "is_ipv4", "protocol", "client_port", "server_port",
+           "capture_network_type_id", "capture_nic", "capture_nic_type", "tunnel_type", "observation_point",
+           "agent_id", "signal_source", "direction_score", "tag_id_0", "tag_id_1")
+L7_RECORD = ("time", "_id", "start_time", "end_time", "response_duration", "l7_protocol", "biz_protocol",
+             "version", "type", "is_tls", "is_reversed", "request_type", "request_domain", "request_resource",
+             "endpoint", "request_id", "response_status", "response_code", "response_exception",
+             "response_result", "trace_id", "span_id", "parent_span_id", "x_request_id_0", "x_request_id_1",
+             "http_proxy_client", "req_tcp_seq", "resp_tcp_seq", "request_length", "response_length",
+             "sql_affected_rows", "captured_request_byte", "captured_response_byte", "~attributes")
+L7_COLUMNS = L7_FLOW + L7_RECORD
+
+
+def l7_flow_part(f: Flow, agent_id: int) -> tuple:
+    """The flow's share of an l7_flow_log row (its 5-tuple, capture point and resource tags)."""
+    c, s = f.client, f.server
+    k = f.mkey
+    return (f.flow_id, c.ip4, s.ip4, c.ip6, s.ip6, f.is_v4, f.proto, c.port, s.port, 3, k[10], 0, k[11], f.obs,
+            agent_id, 0, f.score, c.tag_id, s.tag_id)
+
+
+def l7_record(kind: int, req, resp, status: int | None, protocol: int, row_id: int, reversed_: int) -> tuple:
+    """One request/response/session record as the l7_flow_log columns after L7_FLOW."""
+    m = req if req is not None else resp
+    start = m.ts
+    end = resp.ts if resp is not None else start
+    if status is None:
+        status = resp.response_status if resp is not None else 0
+    proto = (resp.l7_protocol if resp is not None and resp.l7_protocol else m.l7_protocol) or protocol
+    attrs = None            # one dict (numpy keeps it whole); the writer splits it into names/values
+    for part in (req, resp):
+        if part is not None and part.attributes:
+            attrs = dict(part.attributes) if attrs is None else {**attrs, **part.attributes}
+    r = resp if resp is not None else None
+    return (end // SEC, row_id, start, end, end - start if req is not None and resp is not None else 0, proto,
+            m.biz_protocol, (r.version if r is not None and r.version else m.version), kind, m.is_tls or (
+                r.is_tls if r is not None else 0), reversed_, m.request_type, m.request_domain, m.request_resource,
+            m.endpoint or (r.endpoint if r is not None else ""), m.request_id, status,
+            r.response_code if r is not None else None, r.response_exception if r is not None else "",
+            r.response_result if r is not None else "", m.trace_id or (r.trace_id if r is not None else ""),
+            m.span_id or (r.span_id if r is not None else ""), m.parent_span_id,
+            req.x_request_id if req is not None else "", r.x_request_id if r is not None else "",
+            m.http_proxy_client, req.tcp_seq if req is not None else 0, r.tcp_seq if r is not None else 0,
+            req.length if req is not None else None, r.length if r is not None else None,
+            r.sql_affected_rows if r is not None else None, req.captured if req is not None else 0,
+            r.captured if r is not None else 0, attrs)

@@ -37,8 +37,11 @@ from collector.flow.model import (
     FlowSide,
 )
 from collector.flow.observation import NearEnd, observation_point
-from collector.flow.report import RowBuilder
+from collector.flow.report import RowBuilder, l7_flow_part, l7_record
 from collector.flow.tcp import ACK, ESTABLISHED, FIN, NOT_TCP, RST, SYN
+from collector.l7.base import CLIENT_ERROR, REQUEST, SERVER_ERROR, TIMEOUT
+from collector.l7.registry import MAX_ATTEMPTS, Detector
+from collector.l7.session import Sessions
 from collector.tagging import Tagger
 from flowscope.enums import CloseType
 
@@ -49,6 +52,7 @@ _ip4_tcp = struct.Struct("!HxxHxxxxIIHHIIBBH").unpack_from
 _ip4_udp = struct.Struct("!HxxHxxxxIIHH").unpack_from
 _ip6_l4 = struct.Struct("!HBx16s16sHHIIBBH").unpack_from
 _OPENING2 = tcp.OPENING2
+NO_L7 = object()     # Flow.l7 when the flow is not (or no longer) parsed
 
 
 @dataclass
@@ -80,6 +84,17 @@ class FlowConfig:
     service_table_size: int = 65536
 
 
+class L7State:
+    """A flow's parser and its pending requests."""
+
+    __slots__ = ("parser", "protocol", "sessions")
+
+    def __init__(self, parser, protocol: int, timeout_s: float) -> None:
+        self.parser = parser
+        self.protocol = protocol
+        self.sessions = Sessions(timeout_s)
+
+
 class FlowTable:
     """Builds flows from packets; hands finished rows to ``sink``.
 
@@ -88,7 +103,7 @@ class FlowTable:
     """
 
     def __init__(self, sink, config: FlowConfig | None = None, *, decoder: Decoder | None = None,
-                 tagger: Tagger | None = None) -> None:
+                 tagger: Tagger | None = None, l7: Detector | None = None) -> None:
         self.sink = sink
         self.cfg = config or FlowConfig()
         self.decoder = decoder or Decoder()
@@ -110,6 +125,9 @@ class FlowTable:
         self._flow_seq = 0
         self._worker_bits = (self.cfg.worker & 0xFF) << 24
         self._l4_rows: list[tuple] = []
+        self._l7_rows: list[tuple] = []
+        self.l7 = l7                                # None: no L7 parsing
+        self.l7_stats: dict[str, int] = {"records": 0, "parsers_gave_up": 0}
         self.rows = RowBuilder(agent_id=self.cfg.agent_id, nics=self.nics, worker=self.cfg.worker)
         self.stats: dict[str, int] = {"packets": 0, "flows_created": 0, "flows_closed": 0,
                                       "flows_evicted": 0, "flow_rows": 0, "decode_skipped": 0}
@@ -155,6 +173,7 @@ class FlowTable:
                         if not (frag & 0x3FFF or doff < 0x50 or 0 < tot < 40):
                             slow = False
                             l3 = (tot or len(frame) - 14) - 20
+                            poff = 34 + ((doff >> 4) << 2)
                             l4o, l4 = 34, l3 - ((doff >> 4) << 2)
                             if l4 < 0:
                                 l4 = 0
@@ -166,7 +185,7 @@ class FlowTable:
                         elif dport not in tunnel_ports:
                             slow = False
                             l3 = tot - 20
-                            l4o, l4 = 34, l3 - 8
+                            l4o, l4, poff = 34, l3 - 8, 42
                             flags = seq = ack = win = 0
                         else:
                             # VXLAN / Geneve (Ethernet payload) over IPv4 carrying IPv4 TCP, the usual
@@ -195,6 +214,7 @@ class FlowTable:
                                         l2 = ioff - 14
                                         l3 = tot - 20
                                         l4o, l4 = ioff + 20, l3 - ((doff >> 4) << 2)
+                                        poff = l4o + ((doff >> 4) << 2)
                                         if l4 < 0:
                                             l4 = 0
                                         flags |= (doff & 1) << 8
@@ -204,12 +224,13 @@ class FlowTable:
                     if l3 >= 20 and proto == 6 and doff >= 0x50:
                         slow = False
                         l4o, l4 = 54, l3 - ((doff >> 4) << 2)
+                        poff = 54 + ((doff >> 4) << 2)
                         if l4 < 0:
                             l4 = 0
                         flags |= (doff & 1) << 8
                     elif l3 >= 8 and proto == 17 and dport not in tunnel_ports:
                         slow = False
-                        l4o, l4 = 54, l3 - 8
+                        l4o, l4, poff = 54, l3 - 8, 62
                         flags = seq = ack = win = 0
             if slow:
                 p = decode(frame, lts[nic])
@@ -217,6 +238,7 @@ class FlowTable:
                     skipped += 1
                     continue
                 src, dst, sport, dport, proto, l3, l4, flags, seq, ack, win = p[:11]
+                poff = p[12]
                 tun = p[17]
             else:
                 p = None
@@ -237,8 +259,10 @@ class FlowTable:
                 if l4 and not flags & SYN:
                     if seq == sd.next_seq:
                         sd.next_seq = (seq + l4) & MASK32
-                    else:
-                        self._seq_slow(sd, seq, l4)
+                        if f.l7 is not NO_L7:
+                            self._l7_feed(f, sd, frame, poff, l4, ts, seq)
+                    elif self._seq_slow(sd, seq, l4) and f.l7 is not NO_L7:
+                        self._l7_feed(f, sd, frame, poff, l4, ts, seq)
                     if sd.is_client:
                         f.req_ts = ts
                         f.req_end = (seq + l4) & MASK32
@@ -273,6 +297,8 @@ class FlowTable:
                         d = ts - f.req_ts
                         if 0 <= d <= ART_MAX_US:
                             self._sample(f, ART, d)
+                    if f.l7 is not NO_L7:
+                        self._l7_feed(f, sd, frame, poff, l4, ts, 0)
             elif proto == 1 or proto == 58:
                 self._icmp(f, flags, seq, ts)
             if tun is not None and sd.tun is None:
@@ -304,14 +330,15 @@ class FlowTable:
             acc[i + 2] = value
 
     @staticmethod
-    def _seq_slow(sd: FlowSide, seq: int, length: int) -> None:
+    def _seq_slow(sd: FlowSide, seq: int, length: int) -> bool:
         """Sequence bookkeeping off the in-order path: first data, holes, retransmissions and
-        out-of-order fills (datamodel §5.6; at most MAX_SEQ_GAPS holes remembered)."""
+        out-of-order fills (datamodel §5.6; at most MAX_SEQ_GAPS holes remembered). True when the
+        segment carries bytes beyond everything seen (the L7 parser reads those; a hole is lost)."""
         nxt = sd.next_seq
         end = (seq + length) & MASK32
         if nxt is None:
             sd.next_seq = end
-            return
+            return True
         ahead = (seq - nxt) & MASK32
         if ahead < 0x80000000:              # beyond everything seen: a hole opens before it
             if ahead > 0x40000000:          # a jump this large is a wrap or a new stream
@@ -324,7 +351,7 @@ class FlowTable:
                 if len(gaps) > MAX_SEQ_GAPS:
                     del gaps[0]
             sd.next_seq = end
-            return
+            return True
         # Below the highest byte seen: it fills a hole (out of order) or repeats data (retransmission).
         gaps = sd.gaps
         if gaps:
@@ -341,10 +368,109 @@ class FlowTable:
                     else:
                         gaps.insert(i + 1, [end, g1])
                         gaps[i][1] = seq
-                    return
+                    return False
         sd.retrans += 1
         if (end - nxt) & MASK32 < 0x80000000 and end != nxt:     # also extends past the top
             sd.next_seq = end
+        return False
+
+    # -- L7 -----------------------------------------------------------------------------------
+    def _l7_feed(self, f: Flow, sd: FlowSide, frame: bytes, poff: int, length: int, ts: int, seq: int) -> None:
+        """One in-order payload to the flow's L7 parser (detecting the protocol first)."""
+        state = f.l7
+        payload = frame[poff:poff + length]
+        if state is None:
+            det = self.l7.detect(payload, sd.is_client, f.proto, f.server.port, f.score < 255)
+            if det is None:
+                f.l7_tries += 1
+                if f.l7_tries >= MAX_ATTEMPTS:
+                    f.l7 = NO_L7
+                return
+            spec, flipped = det
+            if flipped:              # the L7 client is the end the port heuristic took for the server
+                f.l7_rev = 1
+            parser = spec.parser(self.l7.config)
+            state = f.l7 = L7State(parser, spec.protocol, getattr(parser, "timeout_s", 120.0))
+            f.l7_protocol = spec.protocol
+        from_client = sd.is_client != bool(f.l7_rev)
+        r = state.parser.feed(payload, length, from_client, ts, seq)
+        out: list = []
+        if isinstance(r, str):
+            self.l7.gave_up[r.split(":", 1)[0] + ": " + r.split(":", 1)[-1].strip()[:60]] += 1
+            self.l7_stats["parsers_gave_up"] += 1
+            state.sessions.close(ts, out, timed_out=False)
+            f.l7 = NO_L7
+        else:
+            sessions = state.sessions
+            for m in r:
+                if m.type == REQUEST and not f.request_domain and m.request_domain:
+                    f.request_domain = m.request_domain
+                sessions.add(m, out)
+                if m.ends_flow:
+                    nxt = getattr(state.parser, "next_parser", None)
+                    if nxt is not None:            # an upgrade (h2c): another parser takes over
+                        state.parser = nxt
+                        state.protocol = nxt.protocol
+                        f.l7_protocol = nxt.protocol
+                        continue
+                    sessions.close(ts, out, timed_out=False)
+                    f.l7 = NO_L7
+                    break
+            if f.l7 is state and sessions.pending():
+                deadline = sessions.next_deadline()
+                if deadline is not None:
+                    self._schedule(f, -(-deadline // SEC))
+        if out:
+            self._l7_records(f, state, out, ts // SEC)
+
+    def _l7_records(self, f: Flow, state: L7State, records: list, sec: int) -> None:
+        """Rows for l7_flow_log, application metrics, and the flow's L7 counts."""
+        flow_part = l7_flow_part(f, self.cfg.agent_id)
+        rows = self._l7_rows
+        rb = self.rows
+        w = f.l7w
+        if w is None:
+            w = f.l7w = [0] * 9
+        # request, response, client_error, server_error, timeout, rrt_sum, rrt_count, rrt_max, parse_failed
+        for kind, req, resp, status in records:
+            rb._row_seq += 1
+            rec = l7_record(kind, req, resp, status, state.protocol, ((sec << 32) | rb._id_mid
+                            | (rb._row_seq & 0x3FFFFF)), f.l7_rev)
+            rows.append(flow_part + rec)
+            st = rec[16]
+            n_req = 1 if req is not None else 0
+            n_resp = 1 if resp is not None else 0
+            cerr = 1 if n_resp and st == CLIENT_ERROR else 0
+            serr = 1 if n_resp and st == SERVER_ERROR else 0
+            tmo = 1 if st == TIMEOUT else 0
+            rrt = rec[4]
+            has_rrt = 1 if req is not None and resp is not None and req is not resp else 0
+            w[0] += n_req
+            w[1] += n_resp
+            w[2] += cerr
+            w[3] += serr
+            w[4] += tmo
+            if has_rrt:
+                w[5] += rrt
+                w[6] += 1
+                if rrt > w[7]:
+                    w[7] = rrt
+            rb.l7_counts(f, rec[5], rec[14], (n_req, n_resp, cerr, serr, tmo, rrt if has_rrt else 0,
+                                              has_rrt, rrt if has_rrt else 0))
+        self.l7_stats["records"] += len(records)
+        if not f.dirty:             # counts made at a timer (timeouts) go out with the next second
+            f.dirty = True
+            self._dirty.append(f)
+
+    def _l7_expire(self, f: Flow, now: int) -> None:
+        state = f.l7
+        out: list = []
+        state.sessions.expire(now, out)
+        if out:
+            self._l7_records(f, state, out, now // SEC)
+        deadline = state.sessions.next_deadline()
+        if deadline is not None:
+            self._schedule(f, -(-deadline // SEC))
 
     def _icmp(self, f: Flow, itype: int, ident_seq: int, ts: int) -> None:
         """ICMP echo request → reply gives srt (datamodel §1e)."""
@@ -435,6 +561,7 @@ class FlowTable:
         f.tunnel = tun = p[17]
         flags = p[7]
         f.state = tcp.initial_state(flags) if proto == 6 else NOT_TCP
+        f.l7 = None if self.l7 is not None and (proto == 6 or proto == 17) else NO_L7
         # Orientation: SYN / SYN-ACK are certain; otherwise learned services, then ports.
         client, f.score = self._orient(proto, flags, a, b)
         client.is_client = True
@@ -550,8 +677,11 @@ class FlowTable:
                     continue
                 if f.last_ts + timeout_of(f) <= now:
                     self._finish(f, now, timed_out=True)
-                elif t >= f.report_at:
+                    continue
+                if t >= f.report_at:
                     self._report(f, t)
+                if f.l7.__class__ is L7State and f.l7.sessions.pending():
+                    self._l7_expire(f, now)
         self.sec = new_sec
         self._flush_out()
 
@@ -578,6 +708,16 @@ class FlowTable:
     def _finish(self, f: Flow, now: int, *, timed_out: bool, forced: bool = False) -> None:
         """Final row of a flow at clock ``now``; its keys leave the table."""
         rb = self.rows
+        state = f.l7
+        if state.__class__ is L7State:
+            out: list = []
+            flush = getattr(state.parser, "flush", None)
+            if flush is not None:              # messages the parser held for more data
+                for m in flush(now):
+                    state.sessions.add(m, out)
+            state.sessions.close(now, out, timed_out)
+            if out:
+                self._l7_records(f, state, out, now // SEC)
         if f.dirty:                        # fold its partial second first
             f.dirty = False
             rb.second(f, self.sec if self.sec is not None else now // SEC)
@@ -620,6 +760,12 @@ class FlowTable:
             rows, self._l4_rows = self._l4_rows, []
             self.stats["flow_rows"] += len(rows)
             self.sink.l4(rows)
+        if self._l7_rows:
+            rows, self._l7_rows = self._l7_rows, []
+            self.sink.l7(rows)
+        app = self.rows.take_app()
+        if app:
+            self.sink.app(app)
         secs = self.rows.take_seconds()
         if secs:
             self.sink.seconds(secs)

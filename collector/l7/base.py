@@ -91,6 +91,9 @@ class Parser(Protocol):
         byte, 0 for UDP). Returns the messages completed by it (often [])."""
         ...
 
+    # Optional: ``flush(ts) -> list[L7Message]`` hands over messages held for more data (a gRPC
+    # response waiting for its trailers, a chunked body) when the flow ends.
+
 
 class ProtocolSpec(Protocol):
     """What the detector knows about a protocol: a cheap content check and the parser to make."""
