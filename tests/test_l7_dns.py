@@ -1,17 +1,16 @@
-"""DNS parser (collector/l7/dns.py) and the stream framing it shares with TLS and MQTT: real
-dig/dnsmasq traffic from the committed pcaps first (checked against the client log and tshark),
-then crafted messages (TCP splits, compression, loops, truncation), then fuzzing."""
+"""DNS parser (collector/l7/dns.py): real dig/dnsmasq traffic from the committed pcaps first
+(checked against the client log and tshark), then crafted messages (TCP splits, compression, loops,
+truncation), then fuzzing. The stream framing it shares is tested in test_l7_stream.py."""
 
 from __future__ import annotations
 
 import random
 import re
-import shutil
 import struct
-import subprocess
+from functools import partial
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.l7.base import (
@@ -24,36 +23,40 @@ from collector.l7.base import (
     SERVER_ERROR,
     SESSION,
     L7Config,
-    L7Message,
 )
-from collector.l7.dns import SPEC, Framer, Malformed, read_name
+from collector.l7.dns import SPEC, read_name
+from collector.l7.stream import Malformed
 from tests.helpers import DATA
-from tests.l7util import Segment, Stream, messages, streams
+from tests.l7util import (
+    CHUNKS,
+    FUZZ,
+    Segment,
+    Stream,
+    assert_not_claimed,
+    by_port,
+    feed_result,
+    fuzz_chunks,
+    mutate,
+    needs_tshark,
+    spec_messages,
+    tshark_fields,
+)
 
 CFG = L7Config()
 
 
 def dns_streams(name: str) -> list[Stream]:
-    return [s for s in streams(name) if s.server[1] == 53]
+    return by_port(name, 53)
 
 
-def run(stream: Stream, config: L7Config = CFG) -> list:
-    return messages(SPEC.parser(config), stream)
+run = partial(spec_messages, SPEC)
 
 
 def well_formed(r, config: L7Config = CFG) -> None:
     """What every feed result must look like, whatever the input."""
-    if isinstance(r, str):
-        assert r.startswith("dns: ") and "internal error" not in r, r
-        return
-    assert isinstance(r, list)
-    for m in r:
-        assert isinstance(m, L7Message) and m.l7_protocol == DNS
-        assert m.type in (REQUEST, RESPONSE, SESSION)
+    for m in feed_result(r, "dns: ", {DNS}, (REQUEST, RESPONSE, SESSION)):
         assert len(m.response_result) <= config.result_max
         assert m.length is None or 0 <= m.captured <= m.length
-        assert m.attributes is None or all(isinstance(k, str) and isinstance(v, str)
-                                           for k, v in m.attributes.items())
         assert m.session_id is None or 0 <= m.session_id <= 0xFFFF
 
 
@@ -140,15 +143,12 @@ def test_dns_pcap_matches_client_log():
         assert m.response_result == "; ".join(lines[:n])
 
 
-TSHARK_DNS = ["tshark", "-r", "{pcap}", "-Y", "dns", "-T", "fields", "-e", "dns.id", "-e", "dns.flags.response",
-              "-e", "dns.qry.name", "-e", "dns.qry.type", "-e", "dns.flags.rcode", "-e", "dns.count.answers"]
+TSHARK_DNS = ["dns.id", "dns.flags.response", "dns.qry.name", "dns.qry.type", "dns.flags.rcode", "dns.count.answers"]
 
 
 def tshark_rows(pcap: str) -> list[tuple]:
-    cmd = [c.replace("{pcap}", str(DATA / pcap)) for c in TSHARK_DNS]
     rows = []
-    for line in subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines():
-        txid, resp, qname, qtype, rcode, ancount = line.split("\t")
+    for txid, resp, qname, qtype, rcode, ancount in tshark_fields(pcap, TSHARK_DNS, display="dns"):
         rows.append((int(txid, 16), int(resp), qname, int(qtype), int(rcode or 0) if resp == "1" else None,
                      int(ancount) if resp == "1" else None))
     return rows
@@ -157,7 +157,7 @@ def tshark_rows(pcap: str) -> list[tuple]:
 QTYPE_NUMBERS = {"A": 1, "AAAA": 28, "TXT": 16, "SRV": 33, "MX": 15, "PTR": 12}
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
+@needs_tshark
 @pytest.mark.parametrize("pcap", ["dns", "ipv6", "mixed"])
 def test_dns_matches_tshark(pcap):
     ours = []
@@ -166,7 +166,7 @@ def test_dns_matches_tshark(pcap):
             resp = m.type == RESPONSE
             ours.append((m.request_id, int(resp), m.request_resource, QTYPE_NUMBERS[m.request_type],
                          m.response_code if resp else None, int(m.attributes["answers"]) if resp else None))
-    assert sorted(ours) == sorted(tshark_rows(f"{pcap}.pcap"))
+    assert sorted(ours) == sorted(tshark_rows(pcap))
 
 
 def test_dns_over_ipv6_and_in_mixed_traffic():
@@ -181,11 +181,7 @@ def test_dns_over_ipv6_and_in_mixed_traffic():
 
 
 def test_check_claims_dns_only():
-    for name in ("http1", "redis", "mysql", "mqtt", "tls", "http2", "grpc"):
-        for s in streams(name):
-            seg = s.segments[0]
-            assert not SPEC.check(seg.payload, seg.from_client), (name, seg.payload[:40])
-            assert not SPEC.check(seg.payload, not seg.from_client), (name, seg.payload[:40])
+    assert_not_claimed(SPEC.check, "http1", "redis", "mysql", "mqtt", "tls", "http2", "grpc")
     for s in dns_streams("dns"):                     # a query is not an answer, and the reverse
         q, a = s.segments[0], s.segments[1]
         assert not SPEC.check(q.payload, False) and not SPEC.check(a.payload, True)
@@ -344,63 +340,8 @@ def test_labels_with_odd_bytes_are_escaped():
     assert SPEC.parser(CFG).feed(root, len(root), True, 1, 0)[0].request_resource == "."
 
 
-# -- the shared framer -----------------------------------------------------------------------------
-def two_byte_len(buf, off):
-    if len(buf) - off < 2:
-        return None
-    n = (buf[off] << 8) | buf[off + 1]
-    if n == 0xFFFF:
-        raise Malformed("test: bad length")
-    return n + 2
-
-
-def test_framer_keeps_head_of_long_messages_and_skips_rest():
-    f = Framer(two_byte_len, 100)
-    long_msg = struct.pack("!H", 1000) + bytes(range(256)) * 4
-    wire = long_msg[:1002] + b"\x00\x03abc"
-    out = []
-    for i in range(0, len(wire), 300):
-        out += f.feed(wire[i:i + 300], len(wire[i:i + 300]), i, 10 + i)
-        assert len(f.buf) <= 100 + 300
-    assert [(len(d), t, seq) for d, t, _, seq in out] == [(100, 1002, 10), (5, 5, 1012)]
-    assert out[1][0] == b"\x00\x03abc"
-
-
-def test_framer_gaps():
-    f = Framer(two_byte_len, 1000)
-    # a gap inside a message: delivered cut, the rest skipped
-    assert f.feed(b"\x00\x0aabc", 12, 1, 0) == [(b"\x00\x0aabc", 12, 1, 0)]
-    assert f.feed(b"\x00\x01z", 3, 2, 12) == [(b"\x00\x01z", 3, 2, 12)]
-    # the uncaptured part of a segment continues into the next segment
-    assert f.feed(b"\x00\x10", 10, 3, 15) == [(b"\x00\x10", 18, 3, 15)]
-    assert f.feed(b"ignored!", 8, 4, 25) == []
-    assert f.feed(b"\x00\x00", 2, 5, 33) == [(b"\x00\x00", 2, 5, 33)]
-    # a gap past the end of the cut message: the next header is lost, until reset
-    assert f.feed(b"\x00\x01", 10, 6, 35) == [(b"\x00\x01", 3, 6, 35)] and f.lost
-    assert f.feed(b"\x00\x00", 2, 7, 45) == []
-    f.reset()
-    assert f.feed(b"\x00\x00", 2, 8, 47) == [(b"\x00\x00", 2, 8, 47)]
-    with pytest.raises(Malformed):
-        Framer(two_byte_len, 100).feed(b"\xff\xff", 2, 1, 0)
-
-
 # -- fuzzing ---------------------------------------------------------------------------------------
 REAL = [seg for name in ("dns", "mixed") for s in dns_streams(name) for seg in s.segments]
-
-
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 6)):
-        op = rng.random()
-        if op < 0.5 and b:
-            b[rng.randrange(len(b))] = rng.randrange(256)
-        elif op < 0.7:
-            b.insert(rng.randrange(len(b) + 1), rng.randrange(256))
-        elif op < 0.85 and b:
-            del b[rng.randrange(len(b))]
-        else:
-            b = b[:rng.randrange(len(b) + 1)]
-    return bytes(b)
 
 
 def test_fuzz_mutated_real_payloads_seeded():
@@ -421,21 +362,13 @@ def test_fuzz_mutated_real_payloads_seeded():
             assert all(len(f.buf) <= CFG.max_buffer + len(data) for f in p.framers)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.binary(max_size=300), st.booleans(), st.integers(0, 64)), min_size=1, max_size=6),
-       st.booleans())
+@FUZZ
+@given(CHUNKS, st.booleans())
 def test_fuzz_random_bytes(chunks, tcp):
+    """Random datagrams, or a random TCP stream (its framers' buffers bounded)."""
     cfg = L7Config(max_buffer=512)
-    p = SPEC.parser(cfg)
-    seq = 1 if tcp else 0
-    for data, from_client, extra in chunks:
-        r = p.feed(data, len(data) + extra, from_client, 1, seq)
-        well_formed(r, cfg)
-        if isinstance(r, str):
-            break
-        if tcp:
-            seq += len(data) + extra
-            assert all(len(f.buf) <= 512 + len(data) for f in p.framers)
+    fuzz_chunks(SPEC.parser(cfg), chunks, lambda r: well_formed(r, cfg), (lambda p: p.framers) if tcp else None, 512,
+                seq=int(tcp), advance=tcp)
     SPEC.check(chunks[0][0], chunks[0][1])
 
 

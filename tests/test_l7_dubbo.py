@@ -21,6 +21,7 @@ import random
 import shutil
 import struct
 import subprocess
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,8 +40,25 @@ from collector.l7.base import (
     L7Config,
     L7Message,
 )
-from tests.helpers import DATA
-from tests.l7util import Segment, Stream, messages, streams
+from collector.l7.stream import LOST_SEGMENTS_MAX
+from tests.l7util import (
+    Segment,
+    Stream,
+    by_time,
+    converse,
+    feed_result,
+    fuzz_overwritten,
+    fuzz_seeded,
+    no_give_up,
+    other_segments,
+    paired_by_id,
+    spec_messages,
+    spec_row,
+    streams,
+    tshark_fields,
+    until_given_up,
+    wire_positions,
+)
 
 CONFIG = L7Config()
 DEMO, AUDIT, MISSING = "com.example.DemoService", "com.example.AuditService", "com.example.MissingService"
@@ -84,8 +102,7 @@ CONN_2 = [
 ]
 
 
-def parse(stream: Stream, config: L7Config = CONFIG) -> list:
-    return messages(dubbo.SPEC.parser(config), stream)
+parse = partial(spec_messages, dubbo.SPEC)
 
 
 def row(m: L7Message) -> tuple:
@@ -94,16 +111,13 @@ def row(m: L7Message) -> tuple:
 
 
 def dubbo_streams() -> list[Stream]:
-    return sorted(streams("dubbo"), key=lambda s: s.segments[0].ts)
+    return by_time("dubbo")
 
 
 # --- the pcap ---------------------------------------------------------------------------------
 
 def test_spec() -> None:
-    assert (dubbo.SPEC.protocol, dubbo.SPEC.name, dubbo.SPEC.ports, dubbo.SPEC.transports) == \
-        (40, "Dubbo", frozenset({20880}), frozenset({6}))
-    p = dubbo.SPEC.parser(CONFIG)
-    assert (p.protocol, p.name, p.timeout_s) == (DUBBO, "Dubbo", 120.0)
+    assert spec_row(dubbo.SPEC) == ((40, "Dubbo", frozenset({20880}), frozenset({6})), (DUBBO, "Dubbo", 120.0))
 
 
 def test_pcap_messages() -> None:
@@ -126,21 +140,10 @@ def test_pcap_messages() -> None:
 def test_pcap_pairing_timestamps_and_sequence_numbers() -> None:
     for stream in dubbo_streams():
         got = parse(stream)
-        reqs = {m.session_id: m for m in got if m.type == REQUEST}
-        for m in got:
-            if m.type == RESPONSE:
-                assert m.ts >= reqs.pop(m.session_id).ts
-        assert not reqs
-        for from_client in (True, False):
-            segs = [s for s in stream.segments if s.from_client == from_client]
-            data = b"".join(s.payload for s in segs)
-            base = segs[0].seq
-            for m in (x for x in got if (x.type != RESPONSE) == from_client):
-                off = (m.tcp_seq - base) & 0xFFFFFFFF
-                magic, _flag, _status, rid, size = dubbo.HEADER.unpack_from(data, off)
-                assert (magic, rid, size, m.captured) == (0xDABB, m.session_id, m.length, m.length + 16)
-                seg = max((s for s in segs if ((s.seq - base) & 0xFFFFFFFF) <= off), key=lambda s: s.seq - base)
-                assert m.ts == seg.ts
+        paired_by_id(got)
+        for m, data, off in wire_positions(stream, got):
+            magic, _flag, _status, rid, size = dubbo.HEADER.unpack_from(data, off)
+            assert (magic, rid, size, m.captured) == (0xDABB, m.session_id, m.length, m.length + 16)
 
 
 def test_check_claims_the_pcap_and_nothing_else() -> None:
@@ -150,12 +153,8 @@ def test_check_claims_the_pcap_and_nothing_else() -> None:
     first_req = dubbo_streams()[0].segments[0].payload
     first_resp = dubbo_streams()[0].segments[1].payload
     assert dubbo.check(first_req, True) and not dubbo.check(first_resp, True) and dubbo.check(first_resp, False)
-    for path in sorted(DATA.glob("*.pcap")):
-        if path.stem == "dubbo":
-            continue
-        for stream in streams(path.stem):                  # any payload, either way round
-            for seg in stream.segments:
-                assert not dubbo.check(seg.payload, True) and not dubbo.check(seg.payload, False), path.stem
+    for name, seg in other_segments("dubbo"):             # any payload, either way round
+        assert not dubbo.check(seg.payload, True) and not dubbo.check(seg.payload, False), name
 
 
 def test_tshark_has_no_dubbo_dissector_to_compare_with() -> None:
@@ -166,9 +165,8 @@ def test_tshark_has_no_dubbo_dissector_to_compare_with() -> None:
     protocols = subprocess.run(["tshark", "-G", "protocols"], capture_output=True, text=True).stdout
     if not any(line.split("\t")[2:3] == ["dubbo"] for line in protocols.splitlines()):
         pytest.skip("this tshark has no Dubbo dissector (none up to 4.0)")
-    out = subprocess.run(["tshark", "-n", "-r", str(DATA / "dubbo.pcap"), "-d", "tcp.port==20880,dubbo",
-                          "-Y", "dubbo", "-T", "fields", "-e", "frame.number"], capture_output=True, text=True)
-    assert len(out.stdout.split()) >= len(CONN_1) + len(CONN_2)
+    frames = tshark_fields("dubbo", ["frame.number"], display="dubbo", decode="tcp.port==20880,dubbo")
+    assert len(frames) >= len(CONN_1) + len(CONN_2)
 
 
 # --- crafted frames: a little Hessian2 ----------------------------------------------------------
@@ -209,14 +207,7 @@ def response(rid: int, status: int = 20, body: bytes = b"\x91" + hs("ok")) -> by
 
 
 def feed_all(p, chunks: list[tuple[bytes, bool]]) -> list:
-    seqs = {True: 1000, False: 5000}
-    out = []
-    for i, (data, fc) in enumerate(chunks):
-        r = p.feed(data, len(data), fc, 1000 + i, seqs[fc])
-        seqs[fc] += len(data)
-        assert not isinstance(r, str), r
-        out += r
-    return out
+    return converse(p, chunks, check=no_give_up)
 
 
 def real_frames() -> tuple[list[bytes], list[bytes]]:
@@ -390,10 +381,7 @@ def test_lost_bytes_resync_on_the_magic() -> None:
     assert [m.session_id for m in r] == [1]
     assert p.feed(b"\x00" * 10, 10, True, 2, 0) == []
     assert [m.session_id for m in p.feed(c, len(c), True, 3, 0)] == [3]
-    for _ in range(dubbo.LOST_SEGMENTS_MAX + 5):
-        r = p.feed(b"\x00" * 20, 40, True, 5, 0)
-        if isinstance(r, GiveUp):
-            break
+    r = until_given_up(lambda: p.feed(b"\x00" * 20, 40, True, 5, 0), LOST_SEGMENTS_MAX + 5)
     assert isinstance(r, GiveUp) and r.startswith("dubbo: ")
 
 
@@ -449,11 +437,7 @@ def real_segments() -> list[Segment]:
 
 
 def check_results(p: dubbo.DubboParser, r) -> None:
-    if isinstance(r, str):
-        assert isinstance(r, GiveUp) and r.startswith("dubbo: ")
-        return
-    for m in r:
-        assert isinstance(m, L7Message) and m.type in (REQUEST, RESPONSE, SESSION) and m.l7_protocol == DUBBO
+    for m in feed_result(r, "dubbo: ", {DUBBO}, (REQUEST, RESPONSE, SESSION)):
         assert isinstance(m.session_id, int) and 0 <= m.session_id < (1 << 64)
         assert isinstance(m.request_type, str) and isinstance(m.request_resource, str)
         assert isinstance(m.response_exception, str) and len(m.response_exception) <= CONFIG.result_max
@@ -463,34 +447,8 @@ def check_results(p: dubbo.DubboParser, r) -> None:
         assert len(s.keep) <= p.cap and len(s.head) <= 16
 
 
-def run_mutated(segs: list[Segment], rng: random.Random, config: L7Config) -> None:
-    p = dubbo.DubboParser(config)
-    for seg in segs:
-        data = bytearray(seg.payload)
-        for _ in range(rng.randrange(5)):
-            if data:
-                data[rng.randrange(len(data))] = rng.randrange(256)
-        if rng.random() < 0.2 and data:
-            data = data[:rng.randrange(len(data))]
-        length = len(data) + (rng.randrange(3000) if rng.random() < 0.1 else 0)
-        r = p.feed(bytes(data), length, seg.from_client, seg.ts, seg.seq)
-        check_results(p, r)
-        if isinstance(r, str):
-            return
-
-
 def test_fuzz_seeded() -> None:
-    segs = real_segments()
-    for seed in range(300):
-        rng = random.Random(seed)
-        run_mutated(segs, rng, L7Config(max_buffer=rng.choice([64, 512, 65536])))
-        p = dubbo.DubboParser(CONFIG)
-        for _ in range(20):
-            blob = (b"\xda\xbb" if rng.random() < 0.5 else b"") + rng.randbytes(rng.randrange(1, 80))
-            r = p.feed(blob, len(blob), rng.random() < 0.5, 0, 0)
-            check_results(p, r)
-            if isinstance(r, str):
-                break
+    fuzz_seeded(dubbo.DubboParser, real_segments(), check_results, 5, magic=dubbo.MAGIC_BYTES)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -506,4 +464,4 @@ def test_fuzz_hypothesis_bodies(flag: int, status: int, body: bytes, seed: int) 
         f[pos:pos + len(body)] = body[:len(f) - pos]
     f[12:16] = struct.pack(">i", len(f) - 16)
     check_results(p, p.feed(bytes(f), len(f), True, 2, 0))
-    run_mutated(real_segments(), random.Random(seed), CONFIG)
+    fuzz_overwritten(dubbo.DubboParser(CONFIG), real_segments(), random.Random(seed), check_results, 5)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
-import subprocess
 from functools import cache
 
 import pytest
@@ -33,7 +31,7 @@ from collector.l7.base import (
 )
 from collector.l7.http1 import SPEC, HttpParser
 from tests.helpers import DATA
-from tests.l7util import Stream, by_port, messages, streams
+from tests.l7util import Stream, by_port, messages, needs_tshark, streams, tshark_fields
 
 C, S = True, False
 MASK32 = 0xFFFFFFFF
@@ -187,22 +185,14 @@ def test_every_response_follows_its_request() -> None:
                 assert resp.ts - req.ts < 1_000_000
 
 
-def _tshark(pcap: str, display_filter: str, *fields: str) -> list[list[str]]:
-    cmd = ["tshark", "-r", pcap, "-Y", display_filter, "-T", "fields"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
-    return [line.split("\t") for line in out.splitlines() if line]
-
-
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
+@needs_tshark
 def test_same_requests_and_responses_as_tshark() -> None:
     """Methods, URIs and status codes in capture order, and per client port, as tshark's HTTP
     dissector reads them."""
-    pcap = str(DATA / "http1.pcap")
-    t_req = [(int(p), m, u) for p, m, u in _tshark(pcap, "http.request", "tcp.srcport", "http.request.method",
-                                                   "http.request.uri")]
-    t_resp = [(int(p), int(c)) for p, c in _tshark(pcap, "http.response", "tcp.dstport", "http.response.code")]
+    t_req = [(int(p), m, u) for p, m, u in tshark_fields("http1", ["tcp.srcport", "http.request.method",
+                                                                   "http.request.uri"], display="http.request")]
+    t_resp = [(int(p), int(c)) for p, c in tshark_fields("http1", ["tcp.dstport", "http.response.code"],
+                                                         display="http.response")]
     p_req, p_resp = [], []
     for s in sorted(streams("http1"), key=lambda s: s.segments[0].ts):
         for m in parse(s):

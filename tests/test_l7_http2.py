@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
-import subprocess
 from functools import cache
 
 import h2.config
@@ -34,7 +32,7 @@ from collector.l7.base import (
 )
 from collector.l7.http2 import MAX_STREAMS, PREFACE, SPEC, Http2Parser, check, upgrade_parser
 from tests.helpers import DATA
-from tests.l7util import Stream, messages, streams
+from tests.l7util import Stream, messages, needs_tshark, streams, tshark, tshark_fields
 
 MASK32 = 0xFFFFFFFF
 CFG = L7Config()
@@ -293,8 +291,7 @@ def _tshark_headers(pcap: str, port: int) -> list[tuple[int, int, dict[str, str]
     def aslist(x: object) -> list:
         return x if isinstance(x, list) else [] if x is None else [x]
 
-    out = subprocess.run(["tshark", "-r", str(DATA / pcap), "-d", f"tcp.port=={port},http2", "-Y", "http2.type == 1",
-                          "-T", "json", "--no-duplicate-keys"], capture_output=True, check=True, timeout=120).stdout
+    out = tshark(pcap, "-d", f"tcp.port=={port},http2", "-Y", "http2.type == 1", "-T", "json", "--no-duplicate-keys")
     res = []
     for pkt in json.loads(out):
         layers = pkt["_source"]["layers"]
@@ -308,12 +305,12 @@ def _tshark_headers(pcap: str, port: int) -> list[tuple[int, int, dict[str, str]
     return res
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@needs_tshark
 @pytest.mark.parametrize(("name", "port"), [("http2", 8082), ("grpc", 50051)])
 def test_against_tshark(name: str, port: int) -> None:
     """Per flow and in capture order: (stream, method, path) of the requests, (stream, :status)
     of the responses and, for gRPC, (stream, grpc-status) of the trailers, as tshark decodes them."""
-    frames = _tshark_headers(f"{name}.pcap", port)
+    frames = _tshark_headers(name, port)
     theirs: dict[int, tuple[list, list, list]] = {}
     for cport, sid, h in frames:
         reqs, stats, grpc = theirs.setdefault(cport, ([], [], []))
@@ -341,18 +338,14 @@ def test_against_tshark(name: str, port: int) -> None:
 
 def _tshark_fields(pcap: str, port: int, display: str, *fields: str) -> list[list[str]]:
     """``tshark -T fields`` values, one list per field, flattened over packets in capture order."""
-    cmd = ["tshark", "-r", str(DATA / pcap), "-d", f"tcp.port=={port},http2", "-Y", display, "-T", "fields"]
-    for f in fields:
-        cmd += ["-e", f]
-    lines = subprocess.run(cmd, capture_output=True, check=True, text=True, timeout=120).stdout.splitlines()
     cols: list[list[str]] = [[] for _ in fields]
-    for line in lines:
-        for col, value in zip(cols, line.split("\t"), strict=True):
+    for row in tshark_fields(pcap, fields, display=display, decode=f"tcp.port=={port},http2"):
+        for col, value in zip(cols, row, strict=True):
             col.extend(v for v in value.split(",") if v)
     return cols
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@needs_tshark
 def test_against_tshark_fields() -> None:
     """The field extractions as one would type them: methods, paths and statuses of all flows
     in capture order. (``http2.streamid`` lists every frame of a packet, PRIORITY and SETTINGS
@@ -360,13 +353,13 @@ def test_against_tshark_fields() -> None:
     def in_capture_order(name: str, kind: int) -> list[L7Message]:
         return sorted((m for msgs, _, _ in real(name) for m in msgs if m.type == kind), key=lambda m: (m.ts, m.tcp_seq))
 
-    _, methods, paths = _tshark_fields("http2.pcap", 8082, "http2.headers.method", "http2.streamid",
+    _, methods, paths = _tshark_fields("http2", 8082, "http2.headers.method", "http2.streamid",
                                        "http2.headers.method", "http2.headers.path")
     reqs = in_capture_order("http2", REQUEST)
     assert [m.request_type for m in reqs] == methods and [m.request_resource for m in reqs] == paths
-    [statuses] = _tshark_fields("http2.pcap", 8082, "http2.headers.status", "http2.headers.status")
+    [statuses] = _tshark_fields("http2", 8082, "http2.headers.status", "http2.headers.status")
     assert [str(m.response_code) for m in in_capture_order("http2", RESPONSE)] == statuses
-    [grpc_paths] = _tshark_fields("grpc.pcap", 50051, "http2.headers.path", "http2.headers.path")
+    [grpc_paths] = _tshark_fields("grpc", 50051, "http2.headers.path", "http2.headers.path")
     assert [m.endpoint for m in in_capture_order("grpc", REQUEST)] == grpc_paths
 
 

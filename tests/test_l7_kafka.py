@@ -15,11 +15,10 @@ lost/garbage cases are hand-made bytes.
 from __future__ import annotations
 
 import random
-import shutil
 import struct
-import subprocess
 import uuid
 import warnings
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,8 +36,27 @@ from collector.l7.base import (
     L7Config,
     L7Message,
 )
-from tests.helpers import DATA
-from tests.l7util import Segment, Stream, messages, streams
+from collector.l7.stream import LOST_SEGMENTS_MAX
+from tests.l7util import (
+    Segment,
+    Stream,
+    by_time,
+    converse,
+    fed_chunks,
+    feed_result,
+    fuzz_overwritten,
+    fuzz_seeded,
+    needs_tshark,
+    no_give_up,
+    other_segments,
+    paired_by_id,
+    spec_messages,
+    spec_row,
+    streams,
+    tshark_fields,
+    until_given_up,
+    wire_positions,
+)
 
 with warnings.catch_warnings():     # kafka-python 3.0 loads its schemas with importlib.resources' legacy API
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -81,10 +99,7 @@ CONN_CONSUMER = [
     (RESPONSE, 1, "Fetch", None, "", "", 70, "FETCH_SESSION_ID_NOT_FOUND"),   # top-level error_code
 ]
 CLIENT_IDS = {0: "flowscope-lab", 1: "lab-consumer"}
-
-
-def parse(stream: Stream, config: L7Config = CONFIG) -> list:
-    return messages(kafka.SPEC.parser(config), stream)
+parse = partial(spec_messages, kafka.SPEC)
 
 
 def row(m: L7Message) -> tuple:
@@ -95,16 +110,13 @@ def row(m: L7Message) -> tuple:
 
 
 def kafka_streams() -> list[Stream]:
-    return sorted(streams("kafka"), key=lambda s: s.segments[0].ts)
+    return by_time("kafka")
 
 
 # --- the pcap ---------------------------------------------------------------------------------
 
 def test_spec() -> None:
-    assert (kafka.SPEC.protocol, kafka.SPEC.name, kafka.SPEC.ports, kafka.SPEC.transports) == \
-        (100, "Kafka", frozenset({9092}), frozenset({6}))
-    p = kafka.SPEC.parser(CONFIG)
-    assert (p.protocol, p.name, p.timeout_s) == (KAFKA, "Kafka", 120.0)
+    assert spec_row(kafka.SPEC) == ((100, "Kafka", frozenset({9092}), frozenset({6})), (KAFKA, "Kafka", 120.0))
 
 
 def test_pcap_messages() -> None:
@@ -128,25 +140,13 @@ def test_pcap_pairing_timestamps_and_sequence_numbers() -> None:
     sequence number of a message is where its length prefix starts; lengths are the prefix's."""
     for stream in kafka_streams():
         got = parse(stream)
-        reqs = {m.session_id: m for m in got if m.type == REQUEST}
-        for m in got:
-            if m.type == RESPONSE:
-                req = reqs.pop(m.session_id)
-                assert (req.request_type, req.session_id) == (m.request_type, m.session_id)
-                assert m.ts >= req.ts
-        assert not reqs                                     # every request got its answer
-        # rebuild each direction's byte stream and check each message's offset and size
-        for from_client in (True, False):
-            segs = [s for s in stream.segments if s.from_client == from_client]
-            data = b"".join(s.payload for s in segs)
-            base = segs[0].seq
-            for m in (x for x in got if (x.type != RESPONSE) == from_client):
-                off = (m.tcp_seq - base) & 0xFFFFFFFF
-                assert struct.unpack_from(">i", data, off)[0] == m.length
-                assert m.captured == m.length + 4
-                assert struct.unpack_from(">i", data, off + (8 if from_client else 4))[0] == m.session_id
-                seg = max((s for s in segs if ((s.seq - base) & 0xFFFFFFFF) <= off), key=lambda s: s.seq - base)
-                assert m.ts == seg.ts                        # the message's first packet
+        for req, resp in paired_by_id(got):
+            assert (req.request_type, req.session_id) == (resp.request_type, resp.session_id)
+        # each direction's byte stream: each message's offset and size
+        for m, data, off in wire_positions(stream, got):
+            assert struct.unpack_from(">i", data, off)[0] == m.length
+            assert m.captured == m.length + 4
+            assert struct.unpack_from(">i", data, off + (4 if m.type == RESPONSE else 8))[0] == m.session_id
 
 
 def test_check_claims_the_pcap_and_nothing_else() -> None:
@@ -154,33 +154,26 @@ def test_check_claims_the_pcap_and_nothing_else() -> None:
         first = stream.segments[0]
         assert first.from_client and kafka.check(first.payload, True)
         assert not kafka.check(first.payload, False)
-    for path in sorted(DATA.glob("*.pcap")):            # any payload, either way round (mid-flow pickup)
-        if path.stem == "kafka":
-            continue
-        for stream in streams(path.stem):
-            for seg in stream.segments:
-                assert not kafka.check(seg.payload, True), (path.stem, seg.payload[:32])
+    for name, seg in other_segments("kafka"):          # any payload, either way round (mid-flow pickup)
+        assert not kafka.check(seg.payload, True), (name, seg.payload[:32])
 
 
 def _tshark_fields(pcap: str) -> list[dict]:
     fields = ["frame.number", "tcp.srcport", "tcp.dstport", "kafka.api_key", "kafka.correlation_id",
               "kafka.topic_name", "kafka.error"]
-    out = subprocess.run(["tshark", "-n", "-r", pcap, "-d", "tcp.port==9092,kafka", "-T", "fields",
-                          "-E", "separator=|"] + [x for f in fields for x in ("-e", f)],
-                         check=True, capture_output=True, text=True).stdout
     rows = []
-    for line in out.splitlines():
-        vals = [v.split(",") if v else [] for v in line.split("|")]
+    for line in tshark_fields(pcap, fields, decode="tcp.port==9092,kafka", separator="|"):
+        vals = [v.split(",") if v else [] for v in line]
         if vals[4]:
             rows.append(dict(zip(["frame", "sport", "dport", "api", "corr", "topic", "error"], vals, strict=True)))
     return rows
 
 
-@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
+@needs_tshark
 def test_tshark_agrees() -> None:
     """tshark's Kafka dissector (4.0 decodes the non-flexible versions' bodies) sees the same API
     keys and correlation ids; where it decoded topics and error codes, they match ours."""
-    rows = _tshark_fields(str(DATA / "kafka.pcap"))
+    rows = _tshark_fields("kafka")
     ours: dict[tuple, L7Message] = {}
     for stream in kafka_streams():
         for m in parse(stream):
@@ -253,14 +246,7 @@ def fetch_response(corr: int, version: int, codes: tuple[int, ...], top: int = 0
 
 def feed_all(p, chunks: list[tuple[bytes, bool]], ts0: int = 1000) -> list:
     """Feed (bytes, from_client) chunks with per-direction sequence numbers; all results."""
-    seqs = {True: 1000, False: 5000}
-    out = []
-    for i, (data, fc) in enumerate(chunks):
-        r = p.feed(data, len(data), fc, ts0 + i, seqs[fc])
-        seqs[fc] += len(data)
-        assert not isinstance(r, str), r
-        out += r
-    return out
+    return converse(p, chunks, ts0=ts0, check=no_give_up)
 
 
 def test_split_at_every_byte() -> None:
@@ -453,10 +439,8 @@ def test_lost_bytes_resync_on_a_new_message() -> None:
     assert [(m.session_id, m.tcp_seq) for m in r] == [(3, 1000)]
     r = p.feed(produce_response(3), len(produce_response(3)), False, 4, 0)
     assert [(m.type, m.session_id) for m in r] == [(RESPONSE, 3)]
-    for _ in range(kafka.LOST_SEGMENTS_MAX + 5):            # never a start again: given up
-        r = p.feed(b"\x00" * 20, 40, True, 5, 0)
-        if isinstance(r, GiveUp):
-            break
+    # never a start again: given up
+    r = until_given_up(lambda: p.feed(b"\x00" * 20, 40, True, 5, 0), LOST_SEGMENTS_MAX + 5)
     assert isinstance(r, GiveUp) and r.startswith("kafka: ")
 
 
@@ -533,11 +517,7 @@ def real_payloads() -> list[Segment]:
 
 def check_results(p: kafka.KafkaParser, r) -> None:
     """Well-formed output and bounded state after any feed."""
-    if isinstance(r, str):
-        assert isinstance(r, GiveUp) and r.startswith("kafka: ")
-        return
-    for m in r:
-        assert isinstance(m, L7Message) and m.type in (REQUEST, RESPONSE, SESSION) and m.l7_protocol == KAFKA
+    for m in feed_result(r, "kafka: ", {KAFKA}, (REQUEST, RESPONSE, SESSION)):
         assert isinstance(m.session_id, int) and -(1 << 31) <= m.session_id < (1 << 31)
         assert isinstance(m.request_type, str) and isinstance(m.request_domain, str)
         assert m.response_code is None or isinstance(m.response_code, int)
@@ -547,35 +527,8 @@ def check_results(p: kafka.KafkaParser, r) -> None:
     assert len(p.pending) <= kafka.PENDING_MAX
 
 
-def run_mutated(segs: list[Segment], rng: random.Random, config: L7Config) -> None:
-    p = kafka.KafkaParser(config)
-    for seg in segs:
-        data = bytearray(seg.payload)
-        for _ in range(rng.randrange(4)):
-            if data:
-                data[rng.randrange(len(data))] = rng.randrange(256)
-        if rng.random() < 0.2 and data:
-            data = data[:rng.randrange(len(data))]
-        length = len(data) + (rng.randrange(3000) if rng.random() < 0.1 else 0)
-        r = p.feed(bytes(data), length, seg.from_client if rng.random() < 0.95 else not seg.from_client,
-                   seg.ts, seg.seq)
-        check_results(p, r)
-        if isinstance(r, str):
-            return
-
-
 def test_fuzz_seeded() -> None:
-    segs = real_payloads()
-    for seed in range(300):
-        rng = random.Random(seed)
-        run_mutated(segs, rng, L7Config(max_buffer=rng.choice([64, 512, 65536])))
-        p = kafka.KafkaParser(CONFIG)
-        for _ in range(20):
-            blob = rng.randbytes(rng.randrange(1, 80))
-            r = p.feed(blob, len(blob), rng.random() < 0.5, 0, 0)
-            check_results(p, r)
-            if isinstance(r, str):
-                break
+    fuzz_seeded(kafka.KafkaParser, real_payloads(), check_results, 4, flip=True)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -588,9 +541,6 @@ def test_fuzz_hypothesis(chunks: list[tuple[bytes, bool, int]], seed: int) -> No
         p = kafka.KafkaParser(L7Config(max_buffer=128))
         for seg in prefix:
             check_results(p, p.feed(seg.payload, seg.length, seg.from_client, seg.ts, seg.seq))
-        for data, fc, extra in chunks:
-            r = p.feed(data, len(data) + extra, fc, 1, seed)
+        for r, _ in fed_chunks(p, chunks, seq=seed, advance=False):
             check_results(p, r)
-            if isinstance(r, str):
-                break
-    run_mutated(segs, random.Random(seed), CONFIG)
+    fuzz_overwritten(kafka.KafkaParser(CONFIG), segs, random.Random(seed), check_results, 4, flip=True)

@@ -5,10 +5,9 @@ fuzzing."""
 from __future__ import annotations
 
 import random
-import shutil
 import struct
-import subprocess
 from collections import deque
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,33 +23,36 @@ from collector.l7.base import (
     SERVER_ERROR,
     SESSION,
     L7Config,
-    L7Message,
 )
 from collector.l7.mqtt import KINDS, SERVER_SIDE, SPEC
 from tests.helpers import DATA
-from tests.l7util import Stream, messages, streams
+from tests.l7util import (
+    CHUNKS,
+    FUZZ,
+    Stream,
+    assert_not_claimed,
+    converse,
+    feed_result,
+    fuzz_chunks,
+    fuzz_streams,
+    needs_tshark,
+    resegmented,
+    spec_messages,
+    streams,
+    tshark_fields,
+)
 
 CFG = L7Config()
-
-
-def run(stream: Stream, config: L7Config = CFG) -> list:
-    return messages(SPEC.parser(config), stream)
+run = partial(spec_messages, SPEC)
 
 
 def well_formed(r, config: L7Config = CFG) -> None:
-    if isinstance(r, str):
-        assert r.startswith("mqtt: ") and "internal error" not in r, r
-        return
-    assert isinstance(r, list)
-    for m in r:
-        assert isinstance(m, L7Message) and m.l7_protocol == MQTT and m.request_type in KINDS[1:]
-        assert m.type in (REQUEST, RESPONSE, SESSION)
+    for m in feed_result(r, "mqtt: ", {MQTT}, (REQUEST, RESPONSE, SESSION)):
+        assert m.request_type in KINDS[1:]
         assert m.version in ("3.1", "3.1.1", "5.0")
         assert len(m.response_result) <= config.result_max and len(m.response_exception) <= config.result_max
         assert 0 <= m.captured <= m.length
         assert m.session_id is None or 0 <= m.session_id < 2 * SERVER_SIDE
-        assert m.attributes is None or all(isinstance(k, str) and isinstance(v, str)
-                                           for k, v in m.attributes.items())
 
 
 def pair(msgs: list) -> tuple[list, list, list]:
@@ -149,13 +151,11 @@ def test_pcap_matches_client_log():
     assert received == log
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
+@needs_tshark
 def test_matches_tshark():
-    cmd = ["tshark", "-r", str(DATA / "mqtt.pcap"), "-Y", "mqtt", "-T", "fields", "-e", "tcp.srcport", "-e",
-           "tcp.dstport", "-e", "mqtt.msgtype", "-e", "mqtt.topic", "-e", "mqtt.msgid"]
     theirs: dict[tuple, list[list]] = {}
-    for line in subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines():
-        sport, dport, types, topics, ids = line.split("\t")
+    for sport, dport, types, topics, ids in tshark_fields(
+            "mqtt", ["tcp.srcport", "tcp.dstport", "mqtt.msgtype", "mqtt.topic", "mqtt.msgid"], display="mqtt"):
         key = (int(sport) if int(dport) == 1883 else int(dport), int(dport) == 1883)
         acc = theirs.setdefault(key, [[], [], []])
         acc[0] += [int(t) for t in types.split(",")]
@@ -176,10 +176,7 @@ def test_matches_tshark():
 
 
 def test_check_claims_mqtt_only():
-    for name in ("http1", "redis", "mysql", "dns", "tls", "http2", "grpc"):
-        for s in streams(name):
-            seg = s.segments[0]
-            assert not SPEC.check(seg.payload, seg.from_client) and not SPEC.check(seg.payload, not seg.from_client)
+    assert_not_claimed(SPEC.check, "http1", "redis", "mysql", "dns", "tls", "http2", "grpc")
     for s in streams("mqtt"):
         assert SPEC.check(s.segments[0].payload, True) and not SPEC.check(s.segments[0].payload, False)
         assert not SPEC.check(s.segments[1].payload, False)            # a CONNACK is too short to tell
@@ -217,17 +214,7 @@ def connect_v5(client_id: str) -> bytes:
 
 
 def feed_all(parser, segs: list[tuple[bytes, bool]], lengths: list[int] | None = None) -> list:
-    out: list = []
-    seqs = {True: 1000, False: 9000}
-    for i, (payload, from_client) in enumerate(segs):
-        length = lengths[i] if lengths else len(payload)
-        r = parser.feed(payload, length, from_client, 10 + i, seqs[from_client])
-        seqs[from_client] += length
-        well_formed(r)
-        if isinstance(r, str):
-            return out + [r]
-        out += r
-    return out
+    return converse(parser, segs, lengths=lengths, server_seq=9000, ts0=10, check=well_formed)
 
 
 def test_v5_session_with_properties():
@@ -399,50 +386,20 @@ REAL_STREAMS = streams("mqtt")
 REAL = [seg for st_ in REAL_STREAMS for seg in st_.segments]
 
 
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 6)):
-        op = rng.random()
-        if op < 0.5 and b:
-            b[rng.randrange(len(b))] = rng.randrange(256)
-        elif op < 0.7:
-            b.insert(rng.randrange(len(b) + 1), rng.randrange(256))
-        elif op < 0.85 and b:
-            del b[rng.randrange(len(b))]
-        else:
-            b = b[:rng.randrange(len(b) + 1)]
-    return bytes(b)
+def framers(p) -> tuple:
+    return p.framers
 
 
 def test_fuzz_mutated_real_streams_seeded():
-    rng = random.Random(1883)
     cfg = L7Config(max_buffer=1024)
-    for _ in range(400):
-        stream = rng.choice(REAL_STREAMS)
-        p = SPEC.parser(cfg)
-        for seg in stream.segments:
-            data = mutate(rng, seg.payload) if rng.random() < 0.3 else seg.payload
-            cut = len(data) if rng.random() < 0.8 else rng.randrange(len(data) + 1)
-            r = p.feed(data[:cut], len(data), seg.from_client, seg.ts, seg.seq)
-            well_formed(r, cfg)
-            if isinstance(r, str):
-                break
-            assert all(len(f.buf) <= cfg.max_buffer + len(data) for f in p.framers)
+    fuzz_streams(SPEC, cfg, REAL_STREAMS, random.Random(1883), 400, 0.3, lambda r: well_formed(r, cfg), framers)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.binary(max_size=300), st.booleans(), st.integers(0, 64)), min_size=1, max_size=6))
+@FUZZ
+@given(CHUNKS)
 def test_fuzz_random_bytes(chunks):
     cfg = L7Config(max_buffer=512)
-    p = SPEC.parser(cfg)
-    seq = 1
-    for data, from_client, extra in chunks:
-        r = p.feed(data, len(data) + extra, from_client, 1, seq)
-        well_formed(r, cfg)
-        if isinstance(r, str):
-            break
-        seq += len(data) + extra
-        assert all(len(f.buf) <= 512 + len(data) for f in p.framers)
+    fuzz_chunks(SPEC.parser(cfg), chunks, lambda r: well_formed(r, cfg), framers, 512)
     SPEC.check(chunks[0][0], chunks[0][1])
 
 
@@ -452,12 +409,5 @@ def test_fuzz_resegmented_stream_gives_same_messages(rng):
     """Any split of each segment of the subscriber's flow into smaller ones gives the same messages."""
     stream = max(REAL_STREAMS, key=lambda x: len(x.segments))
     whole = run(stream)
-    p = SPEC.parser(CFG)
-    out = []
-    for seg in stream.segments:
-        cuts = sorted(rng.sample(range(1, seg.length), min(3, seg.length - 1))) if seg.length > 1 else []
-        prev = 0
-        for c in [*cuts, seg.length]:
-            out += p.feed(seg.payload[prev:c], c - prev, seg.from_client, seg.ts, (seg.seq + prev) & 0xFFFFFFFF)
-            prev = c
+    out = resegmented(SPEC.parser(CFG), stream, rng, 3)
     assert [(brief(m), m.tcp_seq, m.length) for m in out] == [(brief(m), m.tcp_seq, m.length) for m in whole]

@@ -4,13 +4,10 @@ mixed.pcap, cross-checked with tshark), then truncated captures, crafted protoco
 from __future__ import annotations
 
 import random
-import shutil
-import subprocess
 from collections import defaultdict
+from functools import partial
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from collector.l7 import mysql
 from collector.l7.base import (
@@ -24,10 +21,19 @@ from collector.l7.base import (
     SESSION,
     GiveUp,
     L7Config,
-    L7Message,
 )
-from tests.helpers import DATA
-from tests.l7util import Stream, messages, streams
+from tests.l7util import (
+    Stream,
+    by_port,
+    converse,
+    feed_result,
+    halves,
+    in_order_fuzz_tests,
+    mutate_tokens,
+    needs_tshark,
+    spec_messages,
+    tshark_fields,
+)
 
 CFG = L7Config()
 SERVER_VERSION = "10.11.19-MariaDB-0+deb12u1"
@@ -98,11 +104,10 @@ def expected_mysql() -> list[list[tuple]]:
 
 
 def mysql_streams(name: str, snaplen: int | None = None) -> list[Stream]:
-    return [s for s in streams(name, snaplen) if s.server[1] == 3306]
+    return by_port(name, 3306, snaplen)
 
 
-def run(stream: Stream, config: L7Config = CFG) -> list:
-    return messages(mysql.SPEC.parser(config), stream)
+run = partial(spec_messages, mysql.SPEC)
 
 
 # -- real traffic ----------------------------------------------------------------------------------
@@ -146,14 +151,10 @@ def test_mixed_pcap_mysql_connections():
 
 
 def _tshark(pcap: str) -> dict[int, dict[str, list]]:
-    out = subprocess.run(
-        ["tshark", "-n", "-r", str(DATA / pcap), "-Y", "mysql", "-T", "fields", "-E", "occurrence=f",
-         "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "mysql.command", "-e", "mysql.query",
-         "-e", "mysql.error_code", "-e", "mysql.affected_rows"],
-        capture_output=True, text=True, check=True).stdout
+    rows = tshark_fields(pcap, ["tcp.srcport", "tcp.dstport", "mysql.command", "mysql.query", "mysql.error_code",
+                                "mysql.affected_rows"], display="mysql", options=("-E", "occurrence=f"))
     per: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for line in out.splitlines():
-        sport, dport, cmd, query, code, affected = line.split("\t")
+    for sport, dport, cmd, query, code, affected in rows:
         conn = per[int(sport) if int(dport) == 3306 else int(dport)]
         if cmd:
             conn["commands"].append(int(cmd))
@@ -166,13 +167,13 @@ def _tshark(pcap: str) -> dict[int, dict[str, list]]:
     return per
 
 
-@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
+@needs_tshark
 @pytest.mark.parametrize("pcap", ["mysql", "mixed"])
 def test_tshark_agrees(pcap):
     """Commands, SQL text, error codes and affected rows as Wireshark's MySQL dissector sees them
     (it reports affected rows of every OK packet, the login's too)."""
     codes = {name: code for code, (name, _) in mysql.COMMANDS.items()}
-    theirs = _tshark(f"{pcap}.pcap")
+    theirs = _tshark(pcap)
     ours: dict[int, dict[str, list]] = {}
     for s in mysql_streams(pcap):
         conn: dict[str, list] = defaultdict(list)
@@ -310,20 +311,7 @@ def query(sql: bytes, cmd: int = 0x03) -> bytes:
 
 def feed_all(conv: list[tuple[bool, bytes]], split: int | None = None, parser=None, config: L7Config = CFG):
     """Feed (from_client, bytes) messages, each as one segment or cut in two at ``split``."""
-    p = parser or mysql.SPEC.parser(config)
-    seqs = {True: 1000, False: 5000}
-    out: list = []
-    ts = 1_000_000
-    for from_client, data in conv:
-        parts = [data[:split], data[split:]] if split is not None and 0 < split < len(data) else [data]
-        for part in parts:
-            ts += 10
-            r = p.feed(part, len(part), from_client, ts, seqs[from_client])
-            seqs[from_client] += len(part)
-            if isinstance(r, str):
-                return out + [r]
-            out.extend(r)
-    return out
+    return converse(parser or mysql.SPEC.parser(config), halves(conv, split), ts0=1_000_010, ts_step=10)
 
 
 def session(deprecate_eof: bool) -> list[tuple[bool, bytes]]:
@@ -623,13 +611,7 @@ def test_check():
 def well_formed(result, parser, config: L7Config = CFG) -> None:
     """A feed result: a GiveUp that is not a crash, or messages whose fields have the contract's
     types and bounds; the parser's buffers stay bounded."""
-    if isinstance(result, str):
-        assert isinstance(result, GiveUp) and result.startswith("mysql: ")
-        assert "parser error" not in result, result
-        return
-    for m in result:
-        assert isinstance(m, L7Message) and m.type in (REQUEST, RESPONSE, SESSION)
-        assert m.l7_protocol == MYSQL
+    for m in feed_result(result, "mysql: ", {MYSQL}, (REQUEST, RESPONSE, SESSION), crash="parser error"):
         assert isinstance(m.request_type, str) and isinstance(m.endpoint, str)
         assert len(m.request_resource) <= max(config.sql_max, 256)
         assert len(m.response_exception) <= config.result_max and len(m.response_result) <= config.result_max
@@ -638,97 +620,24 @@ def well_formed(result, parser, config: L7Config = CFG) -> None:
         assert m.length is None or (isinstance(m.length, int) and m.length >= 0)
         assert 0 <= m.captured <= (m.length if m.length is not None else m.captured)
         assert 0 <= m.tcp_seq <= 0xFFFFFFFF
+    if isinstance(result, str):                 # given up: the parser is dropped
+        return
     for side in (parser.client, parser.server):
         assert len(side.buf) <= side.cap and len(side.hdr) < 4
     assert len(parser.pending) <= parser.MAX_PENDING and len(parser.statements) <= parser.MAX_STATEMENTS
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(4)
-        if op == 0 and b:
-            b[rng.randrange(len(b))] = rng.randrange(256)
-        elif op == 1 and b:
-            del b[rng.randrange(len(b)):][:rng.randint(1, 8)]
-        elif op == 2:
-            i = rng.randrange(len(b) + 1)
-            b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif b:
-            i = rng.randrange(len(b))
-            b[i:i + 3] = b"\xff\xff\xff"
-    return bytes(b)
+    """Random bytes, or a 0xFFFFFF packet length."""
+    return mutate_tokens(rng, data, lambda r: r.randrange(256), lambda _: b"\xff\xff\xff", 3)
 
 
 REAL = [[(g.from_client, g.payload) for g in s.segments] for s in mysql_streams("mysql")] + [
     session(False), session(True)]
 
 
-def fuzz_once(rng: random.Random) -> None:
-    conv = rng.choice(REAL)
-    p = mysql.SPEC.parser(CFG)
-    seqs = {True: rng.randrange(1 << 32), False: rng.randrange(1 << 32)}
-    for from_client, data in conv:
-        if rng.random() < 0.3:
-            data = mutate(rng, data)
-        length = len(data) + (rng.randrange(200) if rng.random() < 0.2 else 0)
-        if rng.random() < 0.2:
-            data = data[:rng.randrange(len(data) + 1)]
-            length = max(length, len(data))
-        r = p.feed(data, length, from_client, 1, seqs[from_client])
-        seqs[from_client] = (seqs[from_client] + length) & 0xFFFFFFFF
-        well_formed(r, p)
-        if isinstance(r, str):
-            return
-    well_formed(p.flush(2), p)
-
-
-def test_fuzz_seeded_mutations():
-    rng = random.Random(60)
-    for _ in range(3000):
-        fuzz_once(rng)
-
-
-def test_fuzz_seeded_random_bytes():
-    rng = random.Random(61)
-    for _ in range(500):
-        p = mysql.SPEC.parser(CFG)
-        for _ in range(rng.randint(1, 12)):
-            data = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
-            r = p.feed(data, len(data) + rng.choice([0, 0, rng.randrange(5000)]), rng.random() < 0.5, 1, 0)
-            well_formed(r, p)
-            if isinstance(r, str):
-                break
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, len(REAL) - 1), st.lists(st.tuples(st.integers(0, 30), st.binary(max_size=12)), max_size=4),
-       st.lists(st.integers(1, 64), max_size=6))
-def test_fuzz_hypothesis(conv_index, edits, cuts):
-    """Real conversations with bytes overwritten, re-cut into segments of arbitrary sizes."""
-    p = mysql.SPEC.parser(CFG)
-    for from_client, data in REAL[conv_index]:
-        b = bytearray(data)
-        for pos, blob in edits:
-            b[pos:pos + len(blob)] = blob
-        i = 0
-        for size in cuts + [len(b)]:
-            part = bytes(b[i:i + size])
-            if not part:
-                break
-            r = p.feed(part, len(part), from_client, 1, i)
-            well_formed(r, p)
-            if isinstance(r, str):
-                return
-            i += size
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=64), st.integers(0, 300)), max_size=10))
-def test_fuzz_hypothesis_random(segments):
-    p = mysql.SPEC.parser(CFG)
-    for from_client, data, extra in segments:
-        r = p.feed(data, len(data) + extra, from_client, 1, 0)
-        well_formed(r, p)
-        if isinstance(r, str):
-            return
+(test_fuzz_seeded_mutations, test_fuzz_seeded_random_bytes, test_fuzz_hypothesis,
+ test_fuzz_hypothesis_random) = in_order_fuzz_tests(
+    "mysql", lambda: mysql.SPEC.parser(CFG), well_formed, REAL, mutate, 0.3,
+    lambda r: bytes(r.randrange(256) for _ in range(r.randint(0, 300))), seeds=(60, 61), edit_at=30, edit_size=12,
+    cut_max=64)

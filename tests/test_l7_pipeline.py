@@ -200,3 +200,25 @@ def test_h2c_upgrade_switches_the_flow_to_http2() -> None:
     rows, _ = _run(conv.packets)
     assert [(r["l7_protocol"], r["request_resource"], r["response_code"]) for r in rows] == [
         (20, "/up", 101), (21, "/up", 200)]
+
+
+def test_an_unanswered_request_times_out_after_the_protocols_timeout() -> None:
+    """HTTP waits 120 s for a response (datamodel §5.7): the request is reported as a timeout when
+    the clock passes that, while its connection is still open."""
+    conv = Conversation()
+    conv.send(True, b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+    t_request = conv.t
+    for _ in range(1, 14):                       # keep-alive ACKs every 10 s keep the flow alive
+        conv.t += 10_000_000
+        conv._add(False, 0x10, b"")
+    rows, writer = _run(conv.packets)
+    ((kind, resource, status, start, end),) = [
+        (r["type"], r["request_resource"], r["response_status"], r["start_time"], r["end_time"]) for r in rows]
+    assert (kind, resource, status) == (0, "/hang", 2)
+    assert start == end == t_request
+    flows = writer.l4_rows()                    # 130 s: two 60 s windows and the final row
+    assert [f["close_type"] for f in flows] == [5, 5, 5]
+    assert sum(f["l7_server_timeout"] for f in flows) == 1 and sum(f["l7_response"] for f in flows) == 0
+    assert flows[-1]["l7_request"] == 1         # counted in the window where it timed out
+    app = writer.metrics("flow_metrics.application_map.1s")
+    assert sum(app["timeout"].to_pylist()) == 1 and sum(app["request"].to_pylist()) == 1

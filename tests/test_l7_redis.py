@@ -6,28 +6,25 @@ from __future__ import annotations
 
 import itertools
 import random
-import shutil
-import subprocess
 from collections import Counter, defaultdict
+from functools import partial
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from collector.l7 import redis
-from collector.l7.base import (
-    OK,
-    PARSE_FAILED,
-    REDIS,
-    REQUEST,
-    RESPONSE,
-    SERVER_ERROR,
-    GiveUp,
-    L7Config,
-    L7Message,
+from collector.l7.base import OK, PARSE_FAILED, REDIS, REQUEST, RESPONSE, SERVER_ERROR, GiveUp, L7Config
+from tests.l7util import (
+    Stream,
+    by_port,
+    converse,
+    feed_result,
+    halves,
+    in_order_fuzz_tests,
+    mutate_tokens,
+    needs_tshark,
+    spec_messages,
+    tshark_fields,
 )
-from tests.helpers import DATA
-from tests.l7util import Stream, messages, streams
 
 CFG = L7Config()
 ECHO_ARG = bytes.fromhex("56dfc6e26bf110a24cb832a3877cbb6908782d47").decode("utf-8", "replace")
@@ -72,11 +69,10 @@ def expected_redis() -> list[list[tuple]]:
 
 
 def redis_streams(name: str, snaplen: int | None = None) -> list[Stream]:
-    return [s for s in streams(name, snaplen) if s.server[1] == 6379]
+    return by_port(name, 6379, snaplen)
 
 
-def run(stream: Stream, config: L7Config = CFG) -> list:
-    return messages(redis.SPEC.parser(config), stream)
+run = partial(spec_messages, redis.SPEC)
 
 
 # -- real traffic ----------------------------------------------------------------------------------
@@ -120,15 +116,12 @@ def test_mixed_pcap_redis_connections():
 
 
 def _tshark(pcap: str) -> dict[int, dict[str, list]]:
-    out = subprocess.run(
-        ["tshark", "-n", "-r", str(DATA / pcap), "-d", "tcp.port==6379,resp", "-Y", "resp", "-T", "fields",
-         "-E", "aggregator=\t", "-E", "separator=|",
-         "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "resp.array.length", "-e", "resp.bulk_string.value",
-         "-e", "resp.string", "-e", "resp.error", "-e", "resp.integer"],
-        capture_output=True, text=True, check=True).stdout
+    rows = tshark_fields(pcap, ["tcp.srcport", "tcp.dstport", "resp.array.length", "resp.bulk_string.value",
+                                "resp.string", "resp.error", "resp.integer"],
+                         display="resp", decode="tcp.port==6379,resp", separator="|", options=("-E", "aggregator=\t"))
     per: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for line in out.splitlines():
-        sport, dport, lengths, bulks, strings, errors, ints = (f.split("\t") if f else [] for f in line.split("|"))
+    for row in rows:
+        sport, dport, lengths, bulks, strings, errors, ints = (f.split("\t") if f else [] for f in row)
         values = [bytes.fromhex(v).decode("utf-8", "replace") for v in bulks]
         if int(dport[0]) == 6379:               # commands: arrays of bulk strings
             conn = per[int(sport[0])]
@@ -142,12 +135,12 @@ def _tshark(pcap: str) -> dict[int, dict[str, list]]:
     return per
 
 
-@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
+@needs_tshark
 @pytest.mark.parametrize("pcap", ["redis", "mixed"])
 def test_tshark_agrees(pcap):
     """The command sequence of each connection, its error replies, and the values of the replies
     (tshark lists them per field type, so those compare as multisets)."""
-    theirs = _tshark(f"{pcap}.pcap")
+    theirs = _tshark(pcap)
     ours = {}
     for s in redis_streams(pcap):
         conn: dict[str, list] = defaultdict(list)
@@ -226,18 +219,9 @@ def resp(*args: bytes | str) -> bytes:
 
 
 def feed_all(conv: list[tuple[bool, bytes]], split: int | None = None, parser=None, config: L7Config = CFG):
-    p = parser or redis.SPEC.parser(config)
-    seqs = {True: 0, False: 0}
-    out: list = []
-    for from_client, data in conv:
-        parts = [data[:split], data[split:]] if split is not None and 0 < split < len(data) else [data]
-        for part in parts:
-            r = p.feed(part, len(part), from_client, 1, seqs[from_client])
-            seqs[from_client] += len(part)
-            if isinstance(r, str):
-                return out + [r]
-            out.extend(r)
-    return out
+    """Feed (from_client, bytes) messages, each as one segment or cut in two at ``split``."""
+    return converse(parser or redis.SPEC.parser(config), halves(conv, split), client_seq=0, server_seq=0, ts0=1,
+                    ts_step=0)
 
 
 RESP3 = [
@@ -406,17 +390,14 @@ def test_check():
 def well_formed(result, parser, config: L7Config = CFG) -> None:
     """A feed result: a GiveUp that is not a crash, or messages with the contract's types and
     bounds; the parser's buffers stay bounded."""
-    if isinstance(result, str):
-        assert isinstance(result, GiveUp) and result.startswith("redis: ")
-        assert "parser error" not in result, result
-        return
-    for m in result:
-        assert isinstance(m, L7Message) and m.type in (REQUEST, RESPONSE) and m.l7_protocol == REDIS
+    for m in feed_result(result, "redis: ", {REDIS}, (REQUEST, RESPONSE), crash="parser error"):
         assert len(m.request_resource) <= config.sql_max and len(m.response_result) <= config.result_max
         assert len(m.response_exception) <= config.result_max
         assert m.response_status in (OK, SERVER_ERROR, PARSE_FAILED)
         assert isinstance(m.length, int) and 0 <= m.captured <= m.length
         assert 0 <= m.tcp_seq <= 0xFFFFFFFF
+    if isinstance(result, str):                 # given up: the parser is dropped
+        return
     for side in (parser.client, parser.server):
         assert len(side.line) <= config.max_buffer + 4096 and len(side.bulk_keep) <= max(config.result_max,
                                                                                        config.redis_arg_max)
@@ -426,93 +407,22 @@ def well_formed(result, parser, config: L7Config = CFG) -> None:
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(4)
-        if op == 0 and b:
-            b[rng.randrange(len(b))] = rng.choice(b"*$+-:%~_#,(!=>|\r\n0123456789")
-        elif op == 1 and b:
-            del b[rng.randrange(len(b)):][:rng.randint(1, 8)]
-        elif op == 2:
-            i = rng.randrange(len(b) + 1)
-            b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif b:
-            i = rng.randrange(len(b))
-            b[i:i + 1] = rng.choice([b"\r\n", b"$-1\r\n", b"*3\r\n", b"|1\r\n", b">2\r\n", b"9999"])
-    return bytes(b)
+    """RESP's type bytes, CRLFs and digits, or a RESP token in place of a byte."""
+    return mutate_tokens(rng, data, lambda r: r.choice(b"*$+-:%~_#,(!=>|\r\n0123456789"),
+                         lambda r: r.choice([b"\r\n", b"$-1\r\n", b"*3\r\n", b"|1\r\n", b">2\r\n", b"9999"]), 1)
 
 
 REAL = [[(g.from_client, g.payload) for g in s.segments] for s in redis_streams("redis")] + [
     [(True, PIPELINE), (False, PIPELINE_REPLY)]] + [[(True, resp("X")), (False, reply)] for reply, _ in RESP3]
 
 
-def fuzz_once(rng: random.Random) -> None:
-    conv = rng.choice(REAL)
-    p = redis.SPEC.parser(CFG)
-    seqs = {True: rng.randrange(1 << 32), False: rng.randrange(1 << 32)}
-    for from_client, data in conv:
-        if rng.random() < 0.4:
-            data = mutate(rng, data)
-        length = len(data) + (rng.randrange(200) if rng.random() < 0.2 else 0)
-        if rng.random() < 0.2:
-            data = data[:rng.randrange(len(data) + 1)]
-            length = max(length, len(data))
-        r = p.feed(data, length, from_client, 1, seqs[from_client])
-        seqs[from_client] = (seqs[from_client] + length) & 0xFFFFFFFF
-        well_formed(r, p)
-        if isinstance(r, str):
-            return
-    well_formed(p.flush(2), p)
+def random_payload(rng: random.Random) -> bytes:
+    """RESP's bytes mostly, any bytes sometimes."""
+    pool = b"*$+-:%~_#,(!=>|\r\n0123456789abc " if rng.random() < 0.7 else bytes(range(256))
+    return bytes(rng.choice(pool) for _ in range(rng.randint(0, 200)))
 
 
-def test_fuzz_seeded_mutations():
-    rng = random.Random(80)
-    for _ in range(3000):
-        fuzz_once(rng)
-
-
-def test_fuzz_seeded_random_bytes():
-    rng = random.Random(81)
-    alphabet = b"*$+-:%~_#,(!=>|\r\n0123456789abc "
-    for _ in range(500):
-        p = redis.SPEC.parser(CFG)
-        for _ in range(rng.randint(1, 12)):
-            pool = alphabet if rng.random() < 0.7 else bytes(range(256))
-            data = bytes(rng.choice(pool) for _ in range(rng.randint(0, 200)))
-            r = p.feed(data, len(data) + rng.choice([0, 0, rng.randrange(5000)]), rng.random() < 0.5, 1, 0)
-            well_formed(r, p)
-            if isinstance(r, str):
-                break
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, len(REAL) - 1), st.lists(st.tuples(st.integers(0, 60), st.binary(max_size=8)), max_size=4),
-       st.lists(st.integers(1, 40), max_size=6))
-def test_fuzz_hypothesis(conv_index, edits, cuts):
-    """Real conversations with bytes overwritten, re-cut into segments of arbitrary sizes."""
-    p = redis.SPEC.parser(CFG)
-    for from_client, data in REAL[conv_index]:
-        b = bytearray(data)
-        for pos, blob in edits:
-            b[pos:pos + len(blob)] = blob
-        i = 0
-        for size in cuts + [len(b)]:
-            part = bytes(b[i:i + size])
-            if not part:
-                break
-            r = p.feed(part, len(part), from_client, 1, i)
-            well_formed(r, p)
-            if isinstance(r, str):
-                return
-            i += size
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=64), st.integers(0, 300)), max_size=10))
-def test_fuzz_hypothesis_random(segments):
-    p = redis.SPEC.parser(CFG)
-    for from_client, data, extra in segments:
-        r = p.feed(data, len(data) + extra, from_client, 1, 0)
-        well_formed(r, p)
-        if isinstance(r, str):
-            return
+(test_fuzz_seeded_mutations, test_fuzz_seeded_random_bytes, test_fuzz_hypothesis,
+ test_fuzz_hypothesis_random) = in_order_fuzz_tests(
+    "redis", lambda: redis.SPEC.parser(CFG), well_formed, REAL, mutate, 0.4, random_payload,
+    seeds=(80, 81), edit_at=60, edit_size=8, cut_max=40)

@@ -5,39 +5,40 @@ truncation, alerts), then fuzzing. tests/data/README-tls.md says how tls.pcap wa
 from __future__ import annotations
 
 import random
-import shutil
 import struct
-import subprocess
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.l7.base import CLIENT_ERROR, OK, REQUEST, RESPONSE, SERVER_ERROR, TLS, L7Config, L7Message
+from collector.l7.base import CLIENT_ERROR, OK, REQUEST, RESPONSE, SERVER_ERROR, TLS, L7Config
 from collector.l7.tls import ALERTS, SPEC, certificate_info
-from tests.helpers import DATA
-from tests.l7util import Stream, messages, streams
+from tests.l7util import (
+    CHUNKS,
+    FUZZ,
+    assert_not_claimed,
+    converse,
+    feed_result,
+    fuzz_chunks,
+    fuzz_streams,
+    needs_tshark,
+    resegmented,
+    spec_messages,
+    streams,
+    tshark_fields,
+)
 
 CFG = L7Config()
-
-
-def run(stream: Stream, config: L7Config = CFG) -> list:
-    return messages(SPEC.parser(config), stream)
+run = partial(spec_messages, SPEC)
 
 
 def well_formed(r) -> None:
-    if isinstance(r, str):
-        assert r.startswith("tls: ") and "internal error" not in r, r
-        return
-    assert isinstance(r, list)
-    for i, m in enumerate(r):
-        assert isinstance(m, L7Message) and m.l7_protocol == TLS and m.is_tls == 1
-        assert m.type in (REQUEST, RESPONSE)
+    for i, m in enumerate(feed_result(r, "tls: ", {TLS}, (REQUEST, RESPONSE))):
+        assert m.is_tls == 1
         assert m.request_type in ("ClientHello", "ServerHello", "HelloRetryRequest", "Alert")
         assert 0 <= m.captured <= m.length
         assert not m.ends_flow or i == len(r) - 1          # the flow table stops at ends_flow
-        assert m.attributes is None or all(isinstance(k, str) and isinstance(v, str)
-                                           for k, v in m.attributes.items())
 
 
 def brief(m) -> tuple:
@@ -102,13 +103,7 @@ def test_handshake_stops_parsing_at_ends_flow():
         assert ended
 
 
-def tshark(fields: list[str], flt: str) -> list[list[str]]:
-    cmd = ["tshark", "-r", str(DATA / "tls.pcap"), "-Y", flt, "-T", "fields"] + [x for f in fields for x in ("-e", f)]
-    return [line.split("\t") for line in
-            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()]
-
-
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
+@needs_tshark
 def test_matches_tshark():
     ours: dict[int, dict[str, list]] = {}
     for s in streams("tls"):
@@ -125,10 +120,11 @@ def test_matches_tshark():
                 acc["alerts"].append(m.response_code)
     theirs: dict[int, dict[str, list]] = {}
     names = {"0x0304": "TLS 1.3", "0x0303": "TLS 1.2"}
-    for sport, dport, types, sni, desc, sv, ver, suites in tshark(
-            ["tcp.srcport", "tcp.dstport", "tls.handshake.type", "tls.handshake.extensions_server_name",
-             "tls.alert_message.desc", "tls.handshake.extensions.supported_version", "tls.handshake.version",
-             "tls.handshake.ciphersuite"], "tls.handshake.type == 1 or tls.handshake.type == 2 or tls.alert_message"):
+    for sport, dport, types, sni, desc, sv, ver, suites in tshark_fields(
+            "tls", ["tcp.srcport", "tcp.dstport", "tls.handshake.type", "tls.handshake.extensions_server_name",
+                    "tls.alert_message.desc", "tls.handshake.extensions.supported_version", "tls.handshake.version",
+                    "tls.handshake.ciphersuite"],
+            display="tls.handshake.type == 1 or tls.handshake.type == 2 or tls.alert_message"):
         client_port = int(sport) if int(dport) in (443, 8443, 4443) else int(dport)
         acc = theirs.setdefault(client_port, {"sni": [], "types": [], "alerts": [], "versions": [], "suites": []})
         hs = [int(t) for t in types.split(",") if t in ("1", "2")]
@@ -145,10 +141,7 @@ def test_matches_tshark():
 
 
 def test_check_claims_tls_only():
-    for name in ("http1", "redis", "mysql", "dns", "mqtt", "http2", "grpc"):
-        for s in streams(name):
-            seg = s.segments[0]
-            assert not SPEC.check(seg.payload, seg.from_client) and not SPEC.check(seg.payload, not seg.from_client)
+    assert_not_claimed(SPEC.check, "http1", "redis", "mysql", "dns", "mqtt", "http2", "grpc")
     for s in streams("tls"):
         assert SPEC.check(s.segments[0].payload, True) and not SPEC.check(s.segments[0].payload, False)
 
@@ -211,19 +204,8 @@ def alert(level: int, desc: int) -> bytes:
 
 
 def feed_all(parser, segs: list[tuple[bytes, bool]], lengths: list[int] | None = None) -> list:
-    out: list = []
-    seqs = {True: 100, False: 50000}
-    for i, (payload, from_client) in enumerate(segs):
-        length = lengths[i] if lengths else len(payload)
-        r = parser.feed(payload, length, from_client, 1000 * (i + 1), seqs[from_client])
-        seqs[from_client] += length
-        well_formed(r)
-        if isinstance(r, str):
-            return out + [r]
-        out += r
-        if out and out[-1].ends_flow:
-            break
-    return out
+    return converse(parser, segs, lengths=lengths, client_seq=100, server_seq=50000, ts0=1000, ts_step=1000,
+                    check=well_formed)
 
 
 def test_client_hello_across_records_and_segments():
@@ -335,53 +317,23 @@ def test_mid_stream_ciphertext_is_ignored():
 REAL_STREAMS = streams("tls")
 
 
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 6)):
-        op = rng.random()
-        if op < 0.5 and b:
-            b[rng.randrange(len(b))] = rng.randrange(256)
-        elif op < 0.7:
-            b.insert(rng.randrange(len(b) + 1), rng.randrange(256))
-        elif op < 0.85 and b:
-            del b[rng.randrange(len(b))]
-        else:
-            b = b[:rng.randrange(len(b) + 1)]
-    return bytes(b)
+def framers(p) -> tuple:
+    """The record framers, then the handshake-message framers."""
+    return (*p.records, *p.hs)
 
 
 def test_fuzz_mutated_real_streams_seeded():
-    rng = random.Random(443)
-    cfg = L7Config(max_buffer=2048)
-    for _ in range(1500):
-        stream = rng.choice(REAL_STREAMS)
-        p = SPEC.parser(cfg)
-        for seg in stream.segments:
-            data = mutate(rng, seg.payload) if rng.random() < 0.4 else seg.payload
-            cut = len(data) if rng.random() < 0.8 else rng.randrange(len(data) + 1)
-            r = p.feed(data[:cut], len(data), seg.from_client, seg.ts, seg.seq)
-            well_formed(r)
-            if isinstance(r, str) or any(m.ends_flow for m in r):
-                break
-            assert all(len(f.buf) <= cfg.max_buffer + len(data) for f in (*p.records, *p.hs))
+    fuzz_streams(SPEC, L7Config(max_buffer=2048), REAL_STREAMS, random.Random(443), 1500, 0.4, well_formed, framers)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.binary(max_size=300), st.booleans(), st.integers(0, 64)), min_size=1, max_size=6),
-       st.booleans())
+@FUZZ
+@given(CHUNKS, st.booleans())
 def test_fuzz_random_bytes(chunks, tls_prefix):
-    cfg = L7Config(max_buffer=512)
-    p = SPEC.parser(cfg)
-    seq = 1
-    for i, (data, from_client, extra) in enumerate(chunks):
-        if tls_prefix and i == 0:                   # get past the record layer more often
-            data = b"\x16\x03\x01" + struct.pack("!H", len(data) + extra) + data
-        r = p.feed(data, len(data) + extra, from_client, 1, seq)
-        well_formed(r)
-        if isinstance(r, str) or any(m.ends_flow for m in r):
-            break
-        seq += len(data) + extra
-        assert all(len(f.buf) <= 512 + len(data) for f in (*p.records, *p.hs))
+    fed = list(chunks)
+    if tls_prefix:                                  # get past the record layer more often
+        data, from_client, extra = fed[0]
+        fed[0] = (b"\x16\x03\x01" + struct.pack("!H", len(data) + extra) + data, from_client, extra)
+    fuzz_chunks(SPEC.parser(L7Config(max_buffer=512)), fed, well_formed, framers, 512)
     SPEC.check(chunks[0][0], chunks[0][1])
 
 
@@ -390,16 +342,6 @@ def test_fuzz_random_bytes(chunks, tls_prefix):
 def test_fuzz_resegmented_streams_give_same_messages(rng):
     for stream in REAL_STREAMS:
         whole = run(stream)
-        p = SPEC.parser(CFG)
-        out: list = []
-        for seg in stream.segments:
-            cuts = sorted(rng.sample(range(1, seg.length), min(4, seg.length - 1))) if seg.length > 1 else []
-            prev = 0
-            for c in [*cuts, seg.length]:
-                r = p.feed(seg.payload[prev:c], c - prev, seg.from_client, seg.ts, (seg.seq + prev) & 0xFFFFFFFF)
-                out += r
-                prev = c
-            if out and out[-1].ends_flow:
-                break
+        out = resegmented(SPEC.parser(CFG), stream, rng, 4)
         assert [(brief(m), m.attributes, m.tcp_seq, m.length) for m in out] == \
             [(brief(m), m.attributes, m.tcp_seq, m.length) for m in whole]

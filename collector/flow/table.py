@@ -87,12 +87,13 @@ class FlowConfig:
 class L7State:
     """A flow's parser and its pending requests."""
 
-    __slots__ = ("parser", "protocol", "sessions")
+    __slots__ = ("parser", "protocol", "sessions", "wake")
 
     def __init__(self, parser, protocol: int, timeout_s: float) -> None:
         self.parser = parser
         self.protocol = protocol
         self.sessions = Sessions(timeout_s)
+        self.wake: int | None = None    # the second the flow's timer checks its pending requests
 
 
 class FlowTable:
@@ -416,10 +417,11 @@ class FlowTable:
                     sessions.close(ts, out, timed_out=False)
                     f.l7 = NO_L7
                     break
-            if f.l7 is state and sessions.pending():
-                deadline = sessions.next_deadline()
+            if f.l7 is state and state.wake is None and sessions.pending():
+                deadline = sessions.next_deadline()     # one timer per flow at a time
                 if deadline is not None:
-                    self._schedule(f, -(-deadline // SEC))
+                    state.wake = -(-deadline // SEC)
+                    self._schedule(f, state.wake)
         if out:
             self._l7_records(f, state, out, ts // SEC)
 
@@ -469,8 +471,9 @@ class FlowTable:
         if out:
             self._l7_records(f, state, out, now // SEC)
         deadline = state.sessions.next_deadline()
-        if deadline is not None:
-            self._schedule(f, -(-deadline // SEC))
+        state.wake = None if deadline is None else -(-deadline // SEC)
+        if state.wake is not None:
+            self._schedule(f, state.wake)
 
     def _icmp(self, f: Flow, itype: int, ident_seq: int, ts: int) -> None:
         """ICMP echo request → reply gives srt (datamodel §1e)."""
@@ -680,7 +683,7 @@ class FlowTable:
                     continue
                 if t >= f.report_at:
                     self._report(f, t)
-                if f.l7.__class__ is L7State and f.l7.sessions.pending():
+                if f.l7.__class__ is L7State and f.l7.wake is not None and f.l7.wake <= t:
                     self._l7_expire(f, now)
         self.sec = new_sec
         self._flush_out()

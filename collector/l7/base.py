@@ -13,9 +13,12 @@ did not get, so a truncated body never breaks the pairing of the next message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 REQUEST, RESPONSE, SESSION = 0, 1, 2
+MASK32 = 0xFFFFFFFF            # TCP sequence numbers (``seq``) wrap at 2^32
 
 # response_status (datamodel §4)
 OK, TIMEOUT, SERVER_ERROR, CLIENT_ERROR, UNKNOWN, PARSE_FAILED = 0, 2, 3, 4, 5, 6
@@ -109,6 +112,19 @@ class ProtocolSpec(Protocol):
         ...
 
     def parser(self, config: L7Config) -> Parser: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A protocol table row (``ProtocolSpec``) as data: each parser module declares its ``SPEC``
+    with its module's ``check`` function and its parser class (called with the L7Config)."""
+
+    protocol: int
+    name: str
+    ports: frozenset[int]
+    transports: frozenset[int]
+    check: Callable[[bytes, bool], bool]
+    parser: Callable[[L7Config], Parser]
 
 
 class L7Config:

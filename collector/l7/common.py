@@ -1,4 +1,4 @@
-"""Helpers several parsers share: trace context headers and HTTP endpoint normalisation."""
+"""Helpers several parsers share: trace context headers, HTTP endpoint normalisation, text clipping."""
 
 from __future__ import annotations
 
@@ -59,3 +59,20 @@ def trace_context(headers: dict[str, str]) -> tuple[str, str, str]:
 def clip(text: str, limit: int) -> str:
     """At most ``limit`` characters, marked when cut."""
     return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
+
+
+def captured_text(b: bytes, complete: bool, limit: int) -> str:
+    """Text of a value the capture may have cut (``complete``: all of it is here), clipped to
+    ``limit``; "..." marks missing bytes."""
+    s = b.decode("utf-8", "replace")
+    if complete or len(s) > limit:
+        return clip(s, limit)
+    return s + "..." if len(s) + 3 <= limit else s[:max(0, limit - 3)] + "..."
+
+
+def trace_names(trace_headers: tuple[str, ...]) -> set[str]:
+    """The configured trace headers, lower-case; B3's span headers come with ``x-b3-traceid``."""
+    names = {h.lower() for h in trace_headers}
+    if "x-b3-traceid" in names:
+        names |= {"x-b3-spanid", "x-b3-parentspanid"}
+    return names

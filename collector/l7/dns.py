@@ -19,17 +19,14 @@ Decisions where the datamodel leaves a choice:
   paired and is reported alone (SESSION, PARSE_FAILED). Compression pointers must point to an
   earlier name and hops are bounded, so loops end; malformed messages give the flow up.
 
-The framing helpers of this module (``Framer``, ``Reader``, ``Malformed``, ``Cut``, ``resync``,
-``give_up``, ``ParserSpec``) are shared with the TLS and MQTT parsers, which cut TCP streams into
-length-delimited messages the same way.
+TCP framing, bounded reads and resynchronisation are collector/l7/stream.py's, shared with the other
+parsers of length-delimited protocols.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from collector.l7.base import (
     CLIENT_ERROR,
@@ -42,246 +39,10 @@ from collector.l7.base import (
     GiveUp,
     L7Config,
     L7Message,
+    Spec,
 )
 from collector.l7.common import clip
-
-MASK32 = 0xFFFFFFFF
-
-
-# -- shared framing helpers ------------------------------------------------------------------------
-class Malformed(Exception):
-    """Bytes that cannot be the protocol; the message is the GiveUp reason ("dns: …")."""
-
-
-class Cut(Exception):
-    """A read ran into bytes the capture did not keep (snaplen): parse what came before."""
-
-
-class Reader:
-    """Bounds-checked big-endian reads over one message. Past ``limit`` (the protocol's own
-    length) is malformed; past ``avail`` (what was captured) is a cut capture."""
-
-    __slots__ = ("avail", "buf", "limit", "pos", "what")
-
-    def __init__(self, buf: bytes, pos: int, limit: int, what: str) -> None:
-        self.buf = buf
-        self.pos = pos
-        self.limit = limit
-        self.avail = min(limit, len(buf))
-        self.what = what
-
-    def _need(self, n: int) -> int:
-        p = self.pos
-        q = p + n
-        if q > self.avail:
-            if q > self.limit:
-                raise Malformed(f"{self.what} runs past its length")
-            raise Cut
-        self.pos = q
-        return p
-
-    def remaining(self) -> int:
-        return self.limit - self.pos
-
-    def u8(self) -> int:
-        return self.buf[self._need(1)]
-
-    def u16(self) -> int:
-        p = self._need(2)
-        return (self.buf[p] << 8) | self.buf[p + 1]
-
-    def u24(self) -> int:
-        p = self._need(3)
-        return (self.buf[p] << 16) | (self.buf[p + 1] << 8) | self.buf[p + 2]
-
-    def u32(self) -> int:
-        p = self._need(4)
-        return int.from_bytes(self.buf[p:p + 4], "big")
-
-    def take(self, n: int) -> bytes:
-        p = self._need(n)
-        return self.buf[p:p + n]
-
-    def skip(self, n: int) -> None:
-        """Skip n bytes; uncaptured ones too, as long as they are inside the message."""
-        q = self.pos + n
-        if q > self.limit:
-            raise Malformed(f"{self.what} runs past its length")
-        self.pos = q
-
-    def sub(self, n: int, what: str | None = None) -> Reader:
-        """A reader over the next n bytes (a length-prefixed block); this one moves past them."""
-        q = self.pos + n
-        if q > self.limit:
-            raise Malformed(f"{self.what} runs past its length")
-        r = Reader(self.buf, self.pos, q, what or self.what)
-        r.avail = min(q, self.avail)
-        self.pos = q
-        return r
-
-
-Frame = tuple[bytes, int, int, int]      # (captured bytes, message length, ts of first byte, seq of first byte)
-
-
-class Framer:
-    """One direction of a TCP stream cut into length-delimited messages.
-
-    ``frame_len(buf, off)`` reads a message header at ``off``: the message's full length, None if
-    the header is not complete yet; it raises Malformed on garbage. At most ``keep`` bytes of a
-    message are buffered or delivered: a longer one is delivered with its head only and the rest
-    skipped by its length, as are bytes the capture did not keep: past ``len(data)`` up to
-    ``length`` (snaplen), and before ``seq`` when it jumps past the expected one (a segment the
-    capture missed; with ``track_seq``). A delivered message may thus be shorter than its length.
-    When a message starts in bytes not seen, its header is lost with them: ``lost`` is set (the
-    messages before the loss are still returned), later feeds return nothing until the parser,
-    having found a segment that starts a message, calls ``reset``.
-    """
-
-    __slots__ = ("buf", "frame_len", "keep", "lost", "lost_segments", "next", "seq", "skip", "track_seq", "ts")
-
-    def __init__(self, frame_len: Callable[[bytes | bytearray, int], int | None], keep: int,
-                 track_seq: bool = True) -> None:
-        self.frame_len = frame_len
-        self.keep = max(keep, 64)
-        self.track_seq = track_seq
-        self.buf = bytearray()
-        self.skip = 0                 # bytes of a message already delivered still to come
-        self.lost = False
-        self.lost_segments = 0        # segments skipped while lost (the parser's count)
-        self.next: int | None = None  # seq expected next
-        self.ts = 0                   # ts and seq of the first byte in buf
-        self.seq = 0
-
-    def reset(self) -> None:
-        """Follow the stream again from the next feed, which starts a message."""
-        self.buf.clear()
-        self.skip = self.lost_segments = 0
-        self.lost = False
-        self.next = None
-
-    def feed(self, data: bytes, length: int, ts: int, seq: int) -> list[Frame]:
-        out: list[Frame] = []
-        if self.lost:
-            return out
-        n = len(data)
-        if length < n:
-            length = n
-        if self.track_seq:
-            nxt = self.next
-            if nxt is not None and seq != nxt:
-                d = (seq - nxt) & MASK32
-                if d < 0x80000000:                   # bytes the capture missed before this segment
-                    self._gap(d, out)
-                    if self.lost:
-                        return out
-                else:                                # overlaps what was seen: drop the old part
-                    d = (nxt - seq) & MASK32
-                    if d >= length:
-                        return out
-                    data = data[d:]
-                    n = len(data)
-                    length -= d
-                    seq = nxt
-            self.next = (seq + length) & MASK32
-        pos = 0
-        if self.skip:
-            pos = min(self.skip, length)
-            self.skip -= pos
-            if pos == length:
-                return out
-        buf = self.buf
-        if pos < n:
-            if buf:
-                buf += memoryview(data)[pos:n]
-                src: bytes | bytearray = buf
-                start = 0
-            else:
-                src = data
-                start = pos
-                self.ts, self.seq = ts, (seq + pos) & MASK32
-            end = len(src)
-            frame_len = self.frame_len
-            while start < end:
-                total = frame_len(src, start)
-                if total is None:
-                    if end - start > self.keep:
-                        raise Malformed("message header longer than the buffer")
-                    break
-                avail = end - start
-                if total <= avail:
-                    out.append((bytes(src[start:start + min(total, self.keep)]), total, self.ts, self.seq))
-                    start += total
-                    self.ts, self.seq = ts, (self.seq + total) & MASK32
-                    continue
-                if avail >= self.keep:          # too long to buffer: its head, then skip the rest
-                    out.append((bytes(src[start:start + self.keep]), total, self.ts, self.seq))
-                    self.skip = total - avail
-                    self.seq = (self.seq + total) & MASK32
-                    start = end
-                break
-            if src is buf:
-                del buf[:start]
-            elif start < end:
-                buf += memoryview(data)[start:end]
-        gap = length - max(n, pos)
-        if gap > 0:
-            self._gap(gap, out)
-        return out
-
-    def _gap(self, gap: int, out: list[Frame]) -> None:
-        """``gap`` bytes of the stream were not seen: skip them by the lengths known."""
-        if self.skip:                            # inside a message being skipped
-            k = min(self.skip, gap)
-            self.skip -= k
-            self.lost = k < gap
-            return
-        buf = self.buf
-        total = self.frame_len(buf, 0) if buf else None
-        if total is None:                        # the next message (or its header) is in the gap
-            self.lost = True
-            buf.clear()
-            return
-        out.append((bytes(buf[:self.keep]), total, self.ts, self.seq))
-        need = total - len(buf)
-        buf.clear()
-        self.lost = gap > need
-        self.skip = 0 if self.lost else need - gap
-
-
-def give_up(e: Malformed, proto: str) -> GiveUp:
-    reason = str(e)
-    return GiveUp(reason if reason.startswith(proto + ":") else f"{proto}: {reason}")
-
-
-LOST_SEGMENTS_MAX = 256       # segments without a message start, after lost bytes, before giving up
-
-
-def resync(framer: Framer, starts_message: bool, proto: str) -> GiveUp | None:
-    """A lost framer and the next segment: follow the stream again if the segment starts a
-    message; else skip it, or give up after ``LOST_SEGMENTS_MAX`` such segments."""
-    if starts_message:
-        framer.reset()
-        return None
-    framer.lost_segments += 1
-    if framer.lost_segments > LOST_SEGMENTS_MAX:
-        return GiveUp(f"{proto}: no message start found after lost bytes")
-    return None
-
-
-@dataclass(frozen=True)
-class ParserSpec:
-    """A protocol table row (base.ProtocolSpec): content check and parser factory."""
-
-    protocol: int
-    name: str
-    ports: frozenset[int]
-    transports: frozenset[int]
-    check: Callable[[bytes, bool], bool]
-    make: Callable[[L7Config], object]
-
-    def parser(self, config: L7Config):
-        return self.make(config)
-
+from collector.l7.stream import Cut, Framer, Malformed, give_up, resync
 
 # -- DNS knowledge -------------------------------------------------------------------------------
 QTYPES = {
@@ -504,10 +265,8 @@ class DnsParser:
             if not self.tcp:
                 return [decode(payload, max(length, len(payload)), ts, 0, self.config)]
             framer = self.framers[from_client]
-            if framer.lost:
-                gave_up = resync(framer, _check_message(payload, 2, from_client), "dns")
-                if gave_up or framer.lost:
-                    return gave_up or []
+            if framer.lost and (skipped := resync(framer, _check_message(payload, 2, from_client), "dns")) is not None:
+                return skipped
             frames = framer.feed(payload, length, ts, seq)
             return [decode(f[0][2:], f[1] - 2, f[2], f[3], self.config, framing=2) for f in frames]
         except Malformed as e:
@@ -544,4 +303,4 @@ def check(payload: bytes, from_client: bool) -> bool:
     return len(payload) >= 19 and ((payload[0] << 8) | payload[1]) >= 17 and _check_message(payload, 2, from_client)
 
 
-SPEC = ParserSpec(DNS, "DNS", frozenset({53, 5353}), frozenset({6, 17}), check, DnsParser)
+SPEC = Spec(DNS, "DNS", frozenset({53, 5353}), frozenset({6, 17}), check, DnsParser)

@@ -25,15 +25,16 @@ from collector.l7.base import (
     GiveUp,
     L7Config,
     L7Message,
+    Spec,
 )
-from collector.l7.common import clip, trace_context
+from collector.l7.common import clip, trace_context, trace_names
+from collector.l7.stream import Framing, HeadFramer
 
-MASK32 = 0xFFFFFFFF
 HEADER = struct.Struct(">HBBQi")        # magic, flag, status, request id, body length
 MAGIC = 0xDABB
+MAGIC_BYTES = b"\xda\xbb"
 MAX_BODY = 128 << 20                    # Dubbo's default payload limit is 8 MiB; leave room
 FLAG_REQUEST, FLAG_TWO_WAY, FLAG_EVENT = 0x80, 0x40, 0x20
-LOST_SEGMENTS_MAX = 256
 ATTACHMENTS_MAX = 64
 
 # status → (name, response_status): "20 ok; 30/40/90 client; others server" (datamodel §2)
@@ -315,21 +316,17 @@ def arg_count(desc: str) -> int:
     return n
 
 
-class _Side:
-    """One direction's framing: the message being read and the part of its body that is kept."""
+def _starts_frame(payload: bytes) -> bool:
+    return payload[:2] == MAGIC_BYTES
 
-    __slots__ = ("captured", "head", "keep", "lost", "need", "seq", "ts")
 
-    def __init__(self) -> None:
-        self.head = b""
-        self.need = -1                  # body bytes still to come; -1: reading the header
-        self.keep = bytearray()
-        self.ts = self.seq = self.captured = 0
-        self.lost = 0
+FRAMING = Framing("dubbo", 16, 0, MAX_BODY, "body length", MAGIC_BYTES,
+                  lost_reason="no header found after lost bytes")
 
 
 class DubboParser:
-    """One flow's Dubbo parser (see the module docstring)."""
+    """One Dubbo connection: requests and responses paired by request id, heartbeats left out (see
+    the module docstring)."""
 
     protocol = DUBBO
     name = "Dubbo"
@@ -338,77 +335,19 @@ class DubboParser:
     def __init__(self, config: L7Config) -> None:
         self.cap = max(256, config.max_buffer)
         self.result_max = config.result_max
-        names = {h.lower() for h in config.trace_headers}
-        if "x-b3-traceid" in names:
-            names |= {"x-b3-spanid", "x-b3-parentspanid"}
-        self.trace_names = names
-        self.trace_needles = tuple(n.encode() for n in names)   # attachments are read only if one is there
-        self.sides = (_Side(), _Side())
+        self.trace_names = trace_names(config.trace_headers)
+        self.trace_needles = tuple(n.encode() for n in self.trace_names)   # attachments read only if one is there
+        self.sides = (HeadFramer(FRAMING, self.cap), HeadFramer(FRAMING, self.cap))
 
     def feed(self, payload: bytes, length: int, from_client: bool, ts: int, seq: int) -> list[L7Message] | GiveUp:
-        s = self.sides[from_client]
-        out: list[L7Message] = []
-        if s.lost:
-            if not (len(payload) >= 2 and payload[0] == 0xDA and payload[1] == 0xBB):
-                s.lost += 1
-                return GiveUp("dubbo: no header found after lost bytes") if s.lost > LOST_SEGMENTS_MAX else out
-            s.lost = 0
-        pos, n = 0, len(payload)
-        while pos < n:
-            if s.need < 0:
-                if not s.head:
-                    s.ts, s.seq, s.captured = ts, (seq + pos) & MASK32, 0
-                take = min(16 - len(s.head), n - pos)
-                s.head += payload[pos:pos + take]
-                pos += take
-                s.captured += take
-                if s.head[0] != 0xDA or (len(s.head) > 1 and s.head[1] != 0xBB):
-                    return GiveUp(f"dubbo: bad magic {s.head[:2].hex()}")
-                if len(s.head) < 16:
-                    break
-                s.need = HEADER.unpack(s.head)[4]
-                if not 0 <= s.need <= MAX_BODY:
-                    return GiveUp(f"dubbo: implausible body length {s.need}")
-            take = min(s.need, n - pos)
-            room = self.cap - len(s.keep)
-            if room > 0:
-                s.keep += payload[pos:pos + min(take, room)]
-            pos += take
-            s.need -= take
-            s.captured += take
-            if s.need == 0:
-                msg = self._finish(s)
-                if msg is not None:
-                    out.append(msg)
-        missing = length - n
-        if missing > 0:                 # not captured: skip by length, or lose the framing
-            if s.need > 0 and missing <= s.need:
-                s.need -= missing
-                if s.need == 0 and (msg := self._finish(s)) is not None:
-                    out.append(msg)
-            else:
-                if s.need > 0:
-                    s.need = 0
-                    if (msg := self._finish(s)) is not None:
-                        out.append(msg)
-                self._reset(s)
-                s.lost = 1
-        return out
+        return self.sides[from_client].feed(payload, length, ts, seq, self._finish, _starts_frame)
 
-    @staticmethod
-    def _reset(s: _Side) -> None:
-        s.head = b""
-        s.need = -1
-        s.keep = bytearray()
-
-    def _finish(self, s: _Side) -> L7Message | None:
-        _magic, flag, status, rid, size = HEADER.unpack(s.head)
-        body = bytes(s.keep)
-        self._reset(s)
+    def _finish(self, head: bytes, size: int, body: bytes, ts: int, seq: int, captured: int) -> L7Message | None:
+        _magic, flag, status, rid, _size = HEADER.unpack(head)
         if flag & FLAG_EVENT:
             return None                 # heartbeat (or readonly event): not an exchange
         ser = flag & 0x1F
-        msg = L7Message(REQUEST, s.ts, s.seq, session_id=rid, request_id=rid, length=size, captured=s.captured,
+        msg = L7Message(REQUEST, ts, seq, session_id=rid, request_id=rid, length=size, captured=captured,
                         l7_protocol=DUBBO)
         if flag & FLAG_REQUEST:
             if not flag & FLAG_TWO_WAY:
@@ -481,17 +420,4 @@ def _json_str(line: bytes) -> str:
     return v
 
 
-class _Spec:
-    protocol = DUBBO
-    name = "Dubbo"
-    ports = frozenset({20880})
-    transports = frozenset({6})
-
-    def check(self, payload: bytes, from_client: bool) -> bool:
-        return check(payload, from_client)
-
-    def parser(self, config: L7Config) -> DubboParser:
-        return DubboParser(config)
-
-
-SPEC = _Spec()
+SPEC = Spec(DUBBO, "Dubbo", frozenset({20880}), frozenset({6}), check, DubboParser)

@@ -34,6 +34,7 @@ from http import HTTPStatus
 from collector.l7.base import (
     CLIENT_ERROR,
     HTTP1,
+    MASK32,
     PARSE_FAILED,
     REQUEST,
     RESPONSE,
@@ -41,10 +42,10 @@ from collector.l7.base import (
     GiveUp,
     L7Config,
     L7Message,
+    Spec,
 )
-from collector.l7.common import clip, http_endpoint, trace_context
+from collector.l7.common import clip, http_endpoint, trace_context, trace_names
 
-MASK32 = 0xFFFFFFFF
 METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"))
 _METHOD_STR = {m: m.decode() for m in METHODS}
 _VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
@@ -187,9 +188,7 @@ class HttpParser:
         self._resource_max = config.result_max * 4
         self._text_max = config.result_max
         wanted = dict(_BASE_HEADERS)
-        trace = {h.lower() for h in config.trace_headers}
-        if "x-b3-traceid" in trace:
-            trace |= {"x-b3-spanid", "x-b3-parentspanid"}
+        trace = trace_names(config.trace_headers)
         for h in trace:
             wanted[h.encode()] = h
         self._wanted = wanted
@@ -668,20 +667,10 @@ def _phrase(code: int) -> str:
         return ""
 
 
-class Http1Spec:
+def check(payload: bytes, from_client: bool) -> bool:
     """Detection by content: a request line from the client or a status line from the server.
     HTTP/2's preface (``PRI * HTTP/2.0``) has neither a known method nor version 1.x."""
-
-    protocol = HTTP1
-    name = "HTTP"
-    ports = frozenset({80, 8080, 8000, 8081, 3000, 5000, 9000})
-    transports = frozenset({6})
-
-    def check(self, payload: bytes, from_client: bool) -> bool:
-        return _is_request_line(payload) if from_client else _is_status_line(payload)
-
-    def parser(self, config: L7Config) -> HttpParser:
-        return HttpParser(config)
+    return _is_request_line(payload) if from_client else _is_status_line(payload)
 
 
-SPEC = Http1Spec()
+SPEC = Spec(HTTP1, "HTTP", frozenset({80, 8080, 8000, 8081, 3000, 5000, 9000}), frozenset({6}), check, HttpParser)

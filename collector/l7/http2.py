@@ -69,8 +69,9 @@ from collector.l7.base import (
     GiveUp,
     L7Config,
     L7Message,
+    Spec,
 )
-from collector.l7.common import clip, http_endpoint, trace_context
+from collector.l7.common import clip, http_endpoint, trace_context, trace_names
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MASK32 = 0xFFFFFFFF
@@ -164,7 +165,8 @@ def _plausible_frames(data: bytes, n: int, length: int, max_frame: int) -> bool:
 def check(payload: bytes, from_client: bool) -> bool:
     """The client's connection preface (RFC 9113 §3.4), followed by SETTINGS when there is more;
     or, from the server, a whole non-ACK SETTINGS frame on stream 0 with valid parameters at the
-    start, then only plausible frame headers."""
+    start, then only plausible frame headers (servers such as grpc-go and grpcio send their
+    SETTINGS before the client's preface arrives)."""
     if from_client:
         return payload[:24] == PREFACE and (len(payload) < 33 or payload[27] == SETTINGS)
     n = len(payload)
@@ -299,10 +301,7 @@ class Http2Parser:
         self._max_buffer = config.max_buffer
         self._text_max = config.result_max
         self._resource_max = config.result_max * 4
-        trace = {h.lower() for h in config.trace_headers}
-        if "x-b3-traceid" in trace:
-            trace |= {"x-b3-spanid", "x-b3-parentspanid"}
-        self._trace = tuple((h.encode(), h) for h in sorted(trace))
+        self._trace = tuple((h.encode(), h) for h in sorted(trace_names(config.trace_headers)))
         header_list_max = max(65536, 4 * config.max_buffer)
         self._c = _Side(True, header_list_max)
         self._s = _Side(False, header_list_max)
@@ -342,12 +341,7 @@ class Http2Parser:
         self._pending = []
         streams, self._streams = self._streams, {}
         for st in streams.values():
-            if st.req is not None:
-                st.gap |= 1
-                self._emit_request(st, False)
-            if st.resp is not None:
-                st.resp.response_status = UNKNOWN
-                self._finish_response(st, None)
+            self._abandon(st)
         return out
 
     def _feed(self, side: _Side, payload: bytes, length: int, ts: int, seq: int) -> str | None:
@@ -727,15 +721,19 @@ class Http2Parser:
         st = streams[sid] = _Stream()
         if len(streams) > MAX_STREAMS:
             old = next(iter(streams))
-            dropped = streams.pop(old)
             self.dropped_streams += 1
-            if dropped.req is not None:     # its body's end will not be seen: length unknown
-                dropped.gap |= 1
-                self._emit_request(dropped, False)
-            if dropped.resp is not None:
-                dropped.resp.response_status = UNKNOWN
-                self._finish_response(dropped, None)
+            self._abandon(streams.pop(old))
         return st
+
+    def _abandon(self, st: _Stream) -> None:
+        """A stream whose end will not be seen: its request goes out with its length unknown, a
+        response still waiting for trailers as UNKNOWN."""
+        if st.req is not None:
+            st.gap |= 1
+            self._emit_request(st, False)
+        if st.resp is not None:
+            st.resp.response_status = UNKNOWN
+            self._finish_response(st, None)
 
     def _common(self, msg: L7Message, h: dict) -> None:
         """Headers both directions may carry: X-Request-ID and the trace context."""
@@ -966,20 +964,4 @@ def upgrade_parser(config: L7Config, request_headers: Mapping[str, str] | Iterab
     return parser
 
 
-class Http2Spec:
-    """Detection by content: the client's connection preface, or the server's first SETTINGS
-    (servers such as grpc-go and grpcio send it before the client's preface arrives)."""
-
-    protocol = HTTP2
-    name = "HTTP2"
-    ports = frozenset({8082, 50051, 80, 443})
-    transports = frozenset({6})
-
-    def check(self, payload: bytes, from_client: bool) -> bool:
-        return check(payload, from_client)
-
-    def parser(self, config: L7Config) -> Http2Parser:
-        return Http2Parser(config)
-
-
-SPEC = Http2Spec()
+SPEC = Spec(HTTP2, "HTTP2", frozenset({8082, 50051, 80, 443}), frozenset({6}), check, Http2Parser)

@@ -23,13 +23,13 @@ from collector.l7.base import (
     GiveUp,
     L7Config,
     L7Message,
+    Spec,
 )
+from collector.l7.stream import Framing, HeadFramer, Malformed
 
-MASK32 = 0xFFFFFFFF
 MAX_REQUEST = 100 << 20         # the broker's default socket.request.max.bytes
 MAX_RESPONSE = 1 << 30
 PENDING_MAX = 1024              # requests remembered for their responses
-LOST_SEGMENTS_MAX = 256         # segments without a message start before the flow is given up
 UNMATCHED_MAX = 4               # consecutive responses to no known request before giving up
 
 # api_key: (name, highest version known, first flexible version or None). Apache Kafka 4.1's
@@ -139,6 +139,7 @@ def error_name(code: int) -> str:
 
 
 _HEAD = struct.Struct(">ihhih")     # length, api_key, api_version, correlation_id, client_id length
+_KEY_VERSION = struct.Struct(">hh")
 
 
 def _plausible_request(b: bytes, pos: int, strict: bool) -> bool:
@@ -352,21 +353,24 @@ def response_error(c: _Cursor, key: int, ver: int) -> tuple[int | None, bool]:
     return (0 if seen else None), True
 
 
-class _Side:
-    """One direction's framing: the message being read and the part of it that is kept."""
+def _judge_request(body: bytearray) -> None:
+    """api_key and version, judged as soon as they are in (a long request is not waited for)."""
+    key, ver = _KEY_VERSION.unpack_from(body)
+    if not 0 <= key < 128 or not 0 <= ver <= 64:
+        raise Malformed(f"kafka: implausible request header (api_key {key}, version {ver})")
 
-    __slots__ = ("captured", "head", "keep", "lost", "need", "seq", "size", "ts")
 
-    def __init__(self) -> None:
-        self.head = b""                 # length prefix bytes seen so far
-        self.need = -1                  # body bytes still to come; -1: reading the prefix
-        self.keep = bytearray()
-        self.size = self.ts = self.seq = self.captured = 0
-        self.lost = 0                   # >0: framing lost, segments skipped since
+def _starts_request(payload: bytes) -> bool:
+    return _plausible_request(payload, 0, False)
+
+
+REQUESTS = Framing("kafka", 4, 10, MAX_REQUEST, "message length", judge_at=4, judge=_judge_request)
+RESPONSES = Framing("kafka", 4, 4, MAX_RESPONSE, "message length")
 
 
 class KafkaParser:
-    """One flow's Kafka parser (see the module docstring)."""
+    """One Kafka connection: requests and the responses that answer them by correlation id, the
+    requests' APIs remembered to read the responses (see the module docstring)."""
 
     protocol = KAFKA
     name = "Kafka"
@@ -374,89 +378,24 @@ class KafkaParser:
 
     def __init__(self, config: L7Config) -> None:
         self.cap = max(64, config.max_buffer)
-        self.sides = (_Side(), _Side())         # [server side, client side]
+        self.sides = (HeadFramer(RESPONSES, self.cap), HeadFramer(REQUESTS, self.cap))   # [server, client]
         self.pending: dict[int, tuple[int, int, str]] = {}   # correlation id → (api_key, version, name)
         self.unmatched = 0
 
     def feed(self, payload: bytes, length: int, from_client: bool, ts: int, seq: int) -> list[L7Message] | GiveUp:
-        s = self.sides[from_client]
-        out: list[L7Message] = []
-        if s.lost:
-            if not self._resync(payload, from_client):
-                s.lost += 1
-                return GiveUp("kafka: no message start found after lost bytes") if s.lost > LOST_SEGMENTS_MAX else out
-            s.lost = 0
-        pos, n = 0, len(payload)
-        while pos < n:
-            if s.need < 0:
-                if not s.head:
-                    s.ts, s.seq, s.captured = ts, (seq + pos) & MASK32, 0
-                take = min(4 - len(s.head), n - pos)
-                s.head += payload[pos:pos + take]
-                pos += take
-                s.captured += take
-                if len(s.head) < 4:
-                    break
-                s.size = s.need = struct.unpack(">i", s.head)[0]
-                if not (10 if from_client else 4) <= s.size <= (MAX_REQUEST if from_client else MAX_RESPONSE):
-                    return GiveUp(f"kafka: implausible message length {s.size}")
-            take = min(s.need, n - pos)
-            room = self.cap - len(s.keep)
-            if room > 0:
-                had = len(s.keep)
-                s.keep += payload[pos:pos + min(take, room)]
-                if from_client and had < 4 <= len(s.keep):     # api_key and version: judge early
-                    key, ver = struct.unpack_from(">hh", s.keep)
-                    if not 0 <= key < 128 or not 0 <= ver <= 64:
-                        return GiveUp(f"kafka: implausible request header (api_key {key}, version {ver})")
-            pos += take
-            s.need -= take
-            s.captured += take
-            if s.need == 0 and (gave_up := self._finish(s, from_client, out)):
-                return gave_up
-        missing = length - n
-        if missing > 0:                 # not captured: skip by length, or lose the framing
-            if s.need > 0 and missing <= s.need:
-                s.need -= missing
-                if s.need == 0 and (gave_up := self._finish(s, from_client, out)):
-                    return gave_up
-            else:
-                if s.need > 0:          # the rest of this message, then the start of another
-                    s.need = 0
-                    if gave_up := self._finish(s, from_client, out):
-                        return gave_up
-                self._reset(s)
-                s.lost = 1
-        return out
-
-    def _resync(self, payload: bytes, from_client: bool) -> bool:
-        """After lost bytes: does this segment start a message?"""
         if from_client:
-            return _plausible_request(payload, 0, False)
+            return self.sides[1].feed(payload, length, ts, seq, self._request, _starts_request)
+        return self.sides[0].feed(payload, length, ts, seq, self._response, self._starts_response)
+
+    def _starts_response(self, payload: bytes) -> bool:
+        """After lost bytes: does this segment start a response to a pending request?"""
         return len(payload) >= 8 and 4 <= struct.unpack_from(">i", payload)[0] <= MAX_RESPONSE \
             and struct.unpack_from(">i", payload, 4)[0] in self.pending
 
-    @staticmethod
-    def _reset(s: _Side) -> None:
-        s.head = b""
-        s.need = -1
-        s.keep = bytearray()
-
-    def _finish(self, s: _Side, from_client: bool, out: list[L7Message]) -> GiveUp | None:
-        """The message is complete (or skipped to its end): report it."""
-        b = bytes(s.keep)
-        msg = self._request(s, b) if from_client else self._response(s, b)
-        self._reset(s)
-        if isinstance(msg, GiveUp):
-            return msg
-        if msg is not None:
-            out.append(msg)
-        return None
-
-    def _request(self, s: _Side, b: bytes) -> L7Message | None:
+    def _request(self, _head: bytes, size: int, b: bytes, ts: int, seq: int, captured: int) -> L7Message | None:
         if len(b) < 8:
             return None                 # header not captured: nothing to report
-        key, ver, corr = struct.unpack_from(">hhi", b)     # key and version were judged in feed
+        key, ver, corr = struct.unpack_from(">hhi", b)     # key and version were judged early
         name = APIS[key][0] if key in APIS else f"ApiKey{key}"
         flex = flexible(key, ver)
         c = _Cursor(b, 8, False)
@@ -492,21 +431,21 @@ class KafkaParser:
             if len(self.pending) > PENDING_MAX:
                 del self.pending[next(iter(self.pending))]
         return L7Message(
-            SESSION if one_way else REQUEST, s.ts, s.seq, session_id=corr, request_id=corr, request_type=name,
+            SESSION if one_way else REQUEST, ts, seq, session_id=corr, request_id=corr, request_type=name,
             request_domain=topic, request_resource=f"{topic}-{part}" if topic and part is not None else topic,
-            endpoint=topic or name, attributes=attrs, length=s.size, captured=s.captured, l7_protocol=KAFKA)
+            endpoint=topic or name, attributes=attrs, length=size, captured=captured, l7_protocol=KAFKA)
 
-    def _response(self, s: _Side, b: bytes) -> L7Message | GiveUp | None:
+    def _response(self, _head: bytes, size: int, b: bytes, ts: int, seq: int, captured: int) -> L7Message | None:
         if len(b) < 4:
             return None
         corr = struct.unpack_from(">i", b)[0]
         req = self.pending.pop(corr, None)
-        msg = L7Message(RESPONSE, s.ts, s.seq, session_id=corr, request_id=corr, length=s.size,
-                        captured=s.captured, l7_protocol=KAFKA)
+        msg = L7Message(RESPONSE, ts, seq, session_id=corr, request_id=corr, length=size, captured=captured,
+                        l7_protocol=KAFKA)
         if req is None:
             self.unmatched += 1
             if self.unmatched > UNMATCHED_MAX:
-                return GiveUp("kafka: responses match no request")
+                raise Malformed("kafka: responses match no request")
             return msg
         self.unmatched = 0
         key, ver, msg.request_type = req
@@ -521,7 +460,7 @@ class KafkaParser:
             msg.response_status = PARSE_FAILED
             return msg
         code, complete = response_error(c, key, ver)
-        if not complete and (code is None or s.captured < s.size + 4):
+        if not complete and (code is None or captured < size + 4):
             code = None                 # error codes not captured (a 0 read so far proves nothing)
             msg.response_status = PARSE_FAILED
         elif code is not None:          # a body longer than max_buffer: the codes it kept decide
@@ -532,17 +471,4 @@ class KafkaParser:
         return msg
 
 
-class _Spec:
-    protocol = KAFKA
-    name = "Kafka"
-    ports = frozenset({9092})
-    transports = frozenset({6})
-
-    def check(self, payload: bytes, from_client: bool) -> bool:
-        return check(payload, from_client)
-
-    def parser(self, config: L7Config) -> KafkaParser:
-        return KafkaParser(config)
-
-
-SPEC = _Spec()
+SPEC = Spec(KAFKA, "Kafka", frozenset({9092}), frozenset({6}), check, KafkaParser)

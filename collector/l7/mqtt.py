@@ -35,9 +35,10 @@ from collector.l7.base import (
     GiveUp,
     L7Config,
     L7Message,
+    Spec,
 )
 from collector.l7.common import clip
-from collector.l7.dns import Cut, Framer, Malformed, ParserSpec, Reader, give_up, resync
+from collector.l7.stream import Cut, Framer, Malformed, Reader, give_up, resync
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
@@ -202,10 +203,8 @@ class MqttParser:
     def feed(self, payload: bytes, length: int, from_client: bool, ts: int, seq: int) -> list[L7Message] | GiveUp:
         try:
             framer = self.framers[from_client]
-            if framer.lost:
-                gave_up = resync(framer, starts_packets(payload, length), "mqtt")
-                if gave_up or framer.lost:
-                    return gave_up or []
+            if framer.lost and (skipped := resync(framer, starts_packets(payload, length), "mqtt")) is not None:
+                return skipped
             frames = framer.feed(payload, length, ts, seq)
             return [self._message(data, total, from_client, mts, mseq) for data, total, mts, mseq in frames]
         except Malformed as e:
@@ -406,4 +405,4 @@ def check(payload: bytes, from_client: bool) -> bool:
         return False
 
 
-SPEC = ParserSpec(MQTT, "MQTT", frozenset({1883}), frozenset({6}), check, MqttParser)
+SPEC = Spec(MQTT, "MQTT", frozenset({1883}), frozenset({6}), check, MqttParser)

@@ -41,6 +41,7 @@ from typing import ClassVar
 
 from collector.l7.base import (
     CLIENT_ERROR,
+    MASK32,
     MYSQL,
     OK,
     PARSE_FAILED,
@@ -51,10 +52,10 @@ from collector.l7.base import (
     GiveUp,
     L7Config,
     L7Message,
+    Spec,
 )
-from collector.l7.common import clip
+from collector.l7.common import captured_text, clip
 
-MASK32 = 0xFFFFFFFF
 MAX_PACKET = 0xFFFFFF
 
 # capability flags (MySQL protocol documentation, "Capabilities Flags")
@@ -164,14 +165,6 @@ def _cstr(b: bytes, i: int, limit: int = 256) -> tuple[str, int]:
     if e < 0:
         return b[i:i + limit].decode("utf-8", "replace"), len(b) + 1
     return b[i:min(e, i + limit)].decode("utf-8", "replace"), e + 1
-
-
-def _text(b: bytes, complete: bool, limit: int) -> str:
-    """Text of a captured prefix, clipped; marked "..." when bytes are missing."""
-    s = b.decode("utf-8", "replace")
-    if complete or len(s) > limit:
-        return clip(s, limit)
-    return s + "..." if len(s) + 3 <= limit else s[:max(0, limit - 3)] + "..."
 
 
 def check(payload: bytes, from_client: bool) -> bool:
@@ -466,7 +459,7 @@ class MySQLParser:
             raw = body[1:]
             if raw[:2] == b"\0\x01":        # query attributes (MySQL 8.0.23+): none, one set
                 raw = raw[2:]
-            sql = _text(raw, complete, self.config.sql_max)
+            sql = captured_text(raw, complete, self.config.sql_max)
             kw["request_resource"] = sql
             kw["endpoint"] = sql_endpoint(sql)
         elif cmd in _STMT_COMMANDS:
@@ -480,7 +473,7 @@ class MySQLParser:
             if cmd == COM_STMT_CLOSE and stmt_id is not None:
                 self.statements.pop(stmt_id, None)
         elif cmd in (0x02, 0x05, 0x06):     # INIT_DB / CREATE_DB / DROP_DB: a schema name
-            kw["request_resource"] = _text(body[1:], complete, 256)
+            kw["request_resource"] = captured_text(body[1:], complete, 256)
         elif cmd == 0x04:                   # FIELD_LIST: table name
             kw["request_resource"] = _cstr(body, 1)[0]
         if kind == NONE:
@@ -641,7 +634,7 @@ class MySQLParser:
                     r.status = PARSE_FAILED
                     r.state = R_DONE
                 elif r.kind == STRING:
-                    r.result = _text(body, complete, self.config.result_max)
+                    r.result = captured_text(body, complete, self.config.result_max)
                     r.state = R_DONE
                 else:
                     count, _ = _lenenc(body, 0)
@@ -699,7 +692,7 @@ class MySQLParser:
                 if first == 0xFF:
                     self._err(r, body, complete)
                 else:
-                    r.result = _text(body, complete, self.config.result_max)
+                    r.result = captured_text(body, complete, self.config.result_max)
                     r.state = R_DONE
                 return True
             return True
@@ -737,7 +730,7 @@ class MySQLParser:
         if msg[:1] == b"#":
             sqlstate = msg[1:6].decode("ascii", "replace")
             msg = msg[6:]
-        text = _text(msg, complete, self.config.result_max)
+        text = captured_text(msg, complete, self.config.result_max)
         r.code = code
         r.status = error_status(code, sqlstate)
         r.exception = clip(f"{sqlstate}: {text}", self.config.result_max) if sqlstate else text
@@ -799,19 +792,4 @@ class MySQLParser:
         self._finish_response(out)
 
 
-class _Spec:
-    """What the detector knows about MySQL."""
-
-    protocol = MYSQL
-    name = "MySQL"
-    ports = frozenset({3306})
-    transports = frozenset({6})
-
-    def check(self, payload: bytes, from_client: bool) -> bool:
-        return check(payload, from_client)
-
-    def parser(self, config: L7Config) -> MySQLParser:
-        return MySQLParser(config)
-
-
-SPEC = _Spec()
+SPEC = Spec(MYSQL, "MySQL", frozenset({3306}), frozenset({6}), check, MySQLParser)

@@ -36,6 +36,7 @@ from collections import deque
 from typing import ClassVar
 
 from collector.l7.base import (
+    MASK32,
     PARSE_FAILED,
     REDIS,
     REQUEST,
@@ -44,10 +45,9 @@ from collector.l7.base import (
     GiveUp,
     L7Config,
     L7Message,
+    Spec,
 )
-from collector.l7.common import clip
-
-MASK32 = 0xFFFFFFFF
+from collector.l7.common import captured_text, clip
 
 # commands whose first argument names a subcommand (COMMAND DOCS / ACL treat "client|setname" as one)
 CONTAINER_COMMANDS = frozenset({
@@ -69,14 +69,6 @@ MAX_COUNT = 1 << 32
 MAX_DEPTH = 64
 MAX_PENDING = 65536
 INLINE_MAX = 64 * 1024             # Redis refuses longer inline requests
-
-
-def _text(b: bytes, complete: bool, limit: int) -> str:
-    """Text of a (possibly cut) value, clipped to ``limit``; "..." marks missing bytes."""
-    s = b.decode("utf-8", "replace")
-    if complete or len(s) > limit:
-        return clip(s, limit)
-    return s + "..." if len(s) + 3 <= limit else s[:max(0, limit - 3)] + "..."
 
 
 _GRAPHIC = bytes(range(0x21, 0x7F))
@@ -235,7 +227,7 @@ class RedisParser:
             return []
         if side.bulk_left and not side.attr:                     # the value being read, as far as it came
             keep = bytes(side.bulk_keep)
-            self._token(m, _text(keep, len(keep) == side.bulk_len, side.bulk_cap))
+            self._token(m, captured_text(keep, len(keep) == side.bulk_len, side.bulk_cap))
         side.reset()
         m.partial = True
         m.end = self.server.abs
@@ -301,7 +293,7 @@ class RedisParser:
                         raise _Bad("bad inline command")
                     msg.top = 0
                     for a in args:
-                        self._token(msg, _text(a, True, cap_arg))
+                        self._token(msg, captured_text(a, True, cap_arg))
                     msg.argc = len(args)
                     msg.end = base + pos
                     done.append(msg)
@@ -418,9 +410,9 @@ class RedisParser:
                 cap = self.config.redis_arg_max if from_client else self.config.result_max
                 if from_client and not side.stack and line[0] != STAR:
                     for a in line.split():
-                        self._token(m, _text(a, True, cap))
+                        self._token(m, captured_text(a, True, cap))
                 elif line[0] in _SIMPLE and not side.attr:
-                    self._token(m, _text(line[1:], False, cap))
+                    self._token(m, captured_text(line[1:], False, cap))
             done.append(m)
         m.end = seg_end
         m.partial = True
@@ -448,7 +440,7 @@ class RedisParser:
                 if size == len(raw) and size <= cap:             # the common case: all of it, short
                     text = raw.decode("utf-8", "replace")
                 else:
-                    text = _text(raw, size == len(raw), cap)
+                    text = captured_text(raw, size == len(raw), cap)
                 if t == EQUALS and len(text) >= 4 and text[3] == ":":
                     text = text[4:]                              # verbatim string: drop "txt:"
             elif size == -2:
@@ -544,19 +536,4 @@ class _Bad(Exception):
     """Bytes that are not RESP: the flow is given up with this reason."""
 
 
-class _Spec:
-    """What the detector knows about Redis."""
-
-    protocol = REDIS
-    name = "Redis"
-    ports = frozenset({6379})
-    transports = frozenset({6})
-
-    def check(self, payload: bytes, from_client: bool) -> bool:
-        return check(payload, from_client)
-
-    def parser(self, config: L7Config) -> RedisParser:
-        return RedisParser(config)
-
-
-SPEC = _Spec()
+SPEC = Spec(REDIS, "Redis", frozenset({6379}), frozenset({6}), check, RedisParser)

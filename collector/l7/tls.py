@@ -25,8 +25,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from collector.l7.base import CLIENT_ERROR, REQUEST, RESPONSE, SERVER_ERROR, TLS, GiveUp, L7Config, L7Message
-from collector.l7.dns import MASK32, Cut, Framer, Malformed, ParserSpec, Reader, give_up, resync
+from collector.l7.base import (
+    CLIENT_ERROR,
+    MASK32,
+    REQUEST,
+    RESPONSE,
+    SERVER_ERROR,
+    TLS,
+    GiveUp,
+    L7Config,
+    L7Message,
+    Spec,
+)
+from collector.l7.stream import Cut, Framer, Malformed, Reader, give_up, resync
 
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA, HEARTBEAT = 20, 21, 22, 23, 24
 CLIENT_HELLO, SERVER_HELLO, CERTIFICATE = 1, 2, 11
@@ -280,10 +291,8 @@ class TlsParser:
             return []
         try:
             framer = self.records[from_client]
-            if framer.lost:
-                gave_up = resync(framer, _starts_record(payload), "tls")
-                if gave_up or framer.lost:
-                    return gave_up or []
+            if framer.lost and (skipped := resync(framer, _starts_record(payload), "tls")) is not None:
+                return skipped
             frames = framer.feed(payload, length, ts, seq)
             out: list[L7Message] = []
             for data, total, rts, rseq in frames:
@@ -394,5 +403,5 @@ def check(payload: bytes, from_client: bool) -> bool:
     return hlen >= 38 and payload[9] == 3 and payload[10] <= 4
 
 
-SPEC = ParserSpec(TLS, "TLS", frozenset({443, 465, 636, 853, 993, 995, 4443, 6443, 8443, 8883}), frozenset({6}),
-                  check, TlsParser)
+SPEC = Spec(TLS, "TLS", frozenset({443, 465, 636, 853, 993, 995, 4443, 6443, 8443, 8883}), frozenset({6}), check,
+            TlsParser)

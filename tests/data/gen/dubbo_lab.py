@@ -25,19 +25,16 @@ never sent, it is on the wire here to exercise the client-error mapping.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import struct
-import subprocess
-import sys
 import time
-from pathlib import Path
 
+import lab
 from dubbo_ssl.codec.decoder import Response, parse_response_head
 from dubbo_ssl.codec.encoder import Object, Request
 from dubbo_ssl.common.constants import CLI_HEARTBEAT_REQ_HEAD, CLI_HEARTBEAT_RES_HEAD, CLI_HEARTBEAT_TAIL
 
-SRV, PORT = "10.99.0.1", 20880
+SRV, PORT = lab.SRV, 20880
 DEMO, AUDIT, MISSING = "com.example.DemoService", "com.example.AuditService", "com.example.MissingService"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 HESSIAN2 = 2
@@ -105,39 +102,26 @@ def reply(req_id: int, body: bytes) -> bytes | None:
     return response_frame(req_id, 70, hessian2(f"Not found method {method} in {DEMO}"))
 
 
+def answer_frame(frame: bytes) -> bytes:
+    """What the provider sends back for one frame."""
+    flag, req_id = frame[2], struct.unpack_from(">q", frame, 4)[0]
+    if flag & 0x20:                                 # event: answer a heartbeat request, drop a response
+        return heartbeat_response(frame[4:12]) if flag & 0x80 else b""
+    answer = reply(req_id, frame[16:])
+    return answer if flag & 0x40 and answer else b""    # one-way requests get no answer
+
+
+def greet(n: int, conn: socket.socket) -> None:
+    """On the second connection, a heartbeat of our own first, as a provider does to an idle consumer."""
+    if n == 1:
+        time.sleep(0.05)
+        conn.sendall(heartbeat_request(1_000_000))
+
+
 def serve(host: str, port: int, connections: int) -> None:
     """Answer every complete frame of one recv() in one send (pipelined requests, pipelined
-    responses); on the second connection send a heartbeat of our own first, as a provider does
-    to an idle consumer."""
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((host, port))
-    ls.listen()
-    for n in range(connections):
-        conn, _ = ls.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if n == 1:
-            time.sleep(0.05)
-            conn.sendall(heartbeat_request(1_000_000))
-        buf = b""
-        while data := conn.recv(65536):
-            buf += data
-            out = b""
-            while len(buf) >= 16 and len(buf) >= 16 + struct.unpack_from(">i", buf, 12)[0]:
-                size = struct.unpack_from(">i", buf, 12)[0]
-                frame, buf = buf[:16 + size], buf[16 + size:]
-                flag, req_id = frame[2], struct.unpack_from(">q", frame, 4)[0]
-                if flag & 0x20:                     # event: answer a heartbeat request, drop a response
-                    if flag & 0x80:
-                        out += heartbeat_response(frame[4:12])
-                    continue
-                answer = reply(req_id, frame[16:])
-                if flag & 0x40 and answer:          # one-way requests get no answer
-                    out += answer
-            if out:
-                conn.sendall(out)
-        conn.close()
-    ls.close()
+    responses); on the second connection send a heartbeat of our own first."""
+    lab.serve_frames(host, port, connections, 16, answer_frame, greet)
 
 
 # --- consumer ---------------------------------------------------------------------------------
@@ -150,19 +134,6 @@ def call(path: str, method: str, *args, context: dict | None = None, two_way: bo
     if not two_way:
         frame[2] &= ~0x40 & 0xFF
     return req.invoke_id, bytes(frame)
-
-
-def recv_frame(s: socket.socket) -> bytes:
-    def exact(n: int) -> bytes:
-        b = b""
-        while len(b) < n:
-            chunk = s.recv(n - len(b))
-            if not chunk:
-                raise ConnectionError("provider closed the connection")
-            b += chunk
-        return b
-    head = exact(16)
-    return head + exact(struct.unpack_from(">i", head, 12)[0])
 
 
 def show(frame: bytes) -> str:
@@ -185,7 +156,7 @@ def show(frame: bytes) -> str:
 
 def expect(s: socket.socket, n: int) -> None:
     for _ in range(n):
-        frame = recv_frame(s)
+        frame = lab.recv_frame(s, 16, "provider")
         print("  <-", show(frame))
         if frame[2] & 0xA0 == 0xA0:                 # the provider's heartbeat: answer as the library does
             s.sendall(heartbeat_response(frame[4:12]))
@@ -193,8 +164,7 @@ def expect(s: socket.socket, n: int) -> None:
 
 
 def client(host: str, port: int) -> None:
-    s = socket.create_connection((host, port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s = lab.connect(host, port)
     steps = [
         [call(DEMO, "sayHello", "flowscope")],
         [call(DEMO, "sayHello", "traced", context={"traceparent": TRACEPARENT})],
@@ -218,8 +188,7 @@ def client(host: str, port: int) -> None:
         time.sleep(0.05)
     s.close()
     time.sleep(0.2)
-    s = socket.create_connection((host, port))      # the provider opens with a heartbeat request
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s = lab.connect(host, port)                     # the provider opens with a heartbeat request
     expect(s, 1)
     time.sleep(0.05)
     req_id, f = call(DEMO, "sayHello", "again")
@@ -229,56 +198,5 @@ def client(host: str, port: int) -> None:
     s.close()
 
 
-# --- capture ----------------------------------------------------------------------------------
-
-def capture(out: Path) -> None:
-    """Provider in netlab-srv, tcpdump -s 0 and the consumer in netlab-cli (root, lab up)."""
-    me = [sys.executable, str(Path(__file__).resolve())]
-    srv = subprocess.Popen(["ip", "netns", "exec", "netlab-srv", *me, "serve"])
-    for _ in range(40):
-        ss = subprocess.run(["ip", "netns", "exec", "netlab-srv", "ss", "-ltnH", f"sport = :{PORT}"],
-                            capture_output=True, text=True).stdout
-        if ss.strip():
-            break
-        time.sleep(0.1)
-    tmp = out.with_suffix(".tmp.pcap")
-    dump = subprocess.Popen(["ip", "netns", "exec", "netlab-cli", "tcpdump", "-i", "eth0", "-s", "0", "-U", "-n",
-                             "-Z", "root", "-w", str(tmp), f"tcp port {PORT}"], stderr=subprocess.PIPE, text=True)
-    dump.stderr.readline()          # "listening on eth0 …"
-    time.sleep(0.5)
-    try:
-        subprocess.run(["ip", "netns", "exec", "netlab-cli", *me, "client"], check=True)
-        time.sleep(1)
-    finally:
-        dump.send_signal(2)
-        print(dump.communicate()[1].strip())
-        if srv.poll() is None:
-            srv.terminate()
-        srv.wait(timeout=5)
-    tmp.replace(out)
-    print(f"{out}: {out.stat().st_size} bytes")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve")
-    s.add_argument("--host", default=SRV)
-    s.add_argument("--port", type=int, default=PORT)
-    s.add_argument("--connections", type=int, default=2)
-    c = sub.add_parser("client")
-    c.add_argument("--host", default=SRV)
-    c.add_argument("--port", type=int, default=PORT)
-    k = sub.add_parser("capture")
-    k.add_argument("out", type=Path)
-    a = ap.parse_args()
-    if a.cmd == "serve":
-        serve(a.host, a.port, a.connections)
-    elif a.cmd == "client":
-        client(a.host, a.port)
-    else:
-        capture(a.out)
-
-
 if __name__ == "__main__":
-    main()
+    lab.main(__file__, __doc__, PORT, serve, client)

@@ -16,14 +16,11 @@ wire is hand-made. Error codes are the ones a real broker would answer in these 
 
 from __future__ import annotations
 
-import argparse
-import socket
 import struct
-import subprocess
 import sys
 import time
-from pathlib import Path
 
+import lab
 from kafka.protocol.consumer import FetchRequest, FetchResponse
 from kafka.protocol.metadata import (
     ApiVersionsRequest,
@@ -36,7 +33,7 @@ from kafka.protocol.metadata import (
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 from kafka.record import MemoryRecordsBuilder
 
-SRV, PORT = "10.99.0.1", 9092
+SRV, PORT = lab.SRV, 9092
 TOPIC, HIGH_WATERMARK = "orders", 3
 REQUESTS = {0: ProduceRequest, 1: FetchRequest, 3: MetadataRequest, 10: FindCoordinatorRequest,
             18: ApiVersionsRequest}
@@ -113,34 +110,21 @@ def answer(req, api_key: int, version: int):
     raise ValueError(f"no answer for api_key {api_key}")
 
 
+def answer_frame(frame: bytes) -> bytes:
+    """The response frame to one request frame (none to an acks=0 Produce)."""
+    api_key, version = struct.unpack_from(">hh", frame, 4)
+    req = REQUESTS[api_key].decode(frame, version=version, header=True, framed=True)
+    if api_key == 0 and req.acks == 0:
+        return b""                                  # acks=0: a broker sends no response
+    resp = answer(req, api_key, version)
+    resp.with_header(correlation_id=req.header.correlation_id)
+    return bytes(resp.encode(header=True, framed=True))
+
+
 def serve(host: str, port: int, connections: int) -> None:
     """Answer every complete request in what one recv() brought with one send, so pipelined
     requests get pipelined responses, as a broker's network thread would."""
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((host, port))
-    ls.listen()
-    for _ in range(connections):
-        conn, _ = ls.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = b""
-        while data := conn.recv(65536):
-            buf += data
-            out = b""
-            while len(buf) >= 4 and len(buf) >= 4 + struct.unpack_from(">i", buf)[0]:
-                size = struct.unpack_from(">i", buf)[0]
-                frame, buf = buf[:4 + size], buf[4 + size:]
-                api_key, version = struct.unpack_from(">hh", frame, 4)
-                req = REQUESTS[api_key].decode(frame, version=version, header=True, framed=True)
-                if api_key == 0 and req.acks == 0:
-                    continue                        # acks=0: a broker sends no response
-                resp = answer(req, api_key, version)
-                resp.with_header(correlation_id=req.header.correlation_id)
-                out += resp.encode(header=True, framed=True)
-            if out:
-                conn.sendall(out)
-        conn.close()
-    ls.close()
+    lab.serve_frames(host, port, connections, 4, answer_frame)
 
 
 # --- client -----------------------------------------------------------------------------------
@@ -184,22 +168,8 @@ CONN_B = [
 ]
 
 
-def recv_frame(s: socket.socket) -> bytes:
-    def exact(n: int) -> bytes:
-        b = b""
-        while len(b) < n:
-            chunk = s.recv(n - len(b))
-            if not chunk:
-                raise ConnectionError("broker closed the connection")
-            b += chunk
-        return b
-    head = exact(4)
-    return head + exact(struct.unpack(">i", head)[0])
-
-
 def run_conn(host: str, port: int, client_id: str, steps: list) -> None:
-    s = socket.create_connection((host, port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s = lab.connect(host, port)
     for step in steps:
         batch = step if isinstance(step[0], tuple) else (step,)
         wire = b""
@@ -212,7 +182,7 @@ def run_conn(host: str, port: int, client_id: str, steps: list) -> None:
             if not req.expect_response():
                 print(f"{client_id}: {name}: acks=0, no response")
                 continue
-            frame = recv_frame(s)
+            frame = lab.recv_frame(s, 4, "broker")
             resp_cls = REQUESTS[req.API_KEY].__name__.replace("Request", "Response")
             resp = getattr(sys.modules[__name__], resp_cls).decode(frame, version=req.API_VERSION,
                                                                    header=True, framed=True)
@@ -246,56 +216,5 @@ def client(host: str, port: int) -> None:
     run_conn(host, port, "lab-consumer", CONN_B)
 
 
-# --- capture ----------------------------------------------------------------------------------
-
-def capture(out: Path) -> None:
-    """Server in netlab-srv, tcpdump -s 0 and the client in netlab-cli (needs root and the lab up)."""
-    me = [sys.executable, str(Path(__file__).resolve())]
-    srv = subprocess.Popen(["ip", "netns", "exec", "netlab-srv", *me, "serve", "--connections", "2"])
-    for _ in range(40):
-        ss = subprocess.run(["ip", "netns", "exec", "netlab-srv", "ss", "-ltnH", f"sport = :{PORT}"],
-                            capture_output=True, text=True).stdout
-        if ss.strip():
-            break
-        time.sleep(0.1)
-    tmp = out.with_suffix(".tmp.pcap")
-    dump = subprocess.Popen(["ip", "netns", "exec", "netlab-cli", "tcpdump", "-i", "eth0", "-s", "0", "-U", "-n",
-                             "-Z", "root", "-w", str(tmp), f"tcp port {PORT}"], stderr=subprocess.PIPE, text=True)
-    dump.stderr.readline()          # "listening on eth0 …"
-    time.sleep(0.5)
-    try:
-        subprocess.run(["ip", "netns", "exec", "netlab-cli", *me, "client"], check=True)
-        time.sleep(1)
-    finally:
-        dump.send_signal(2)
-        print(dump.communicate()[1].strip())
-        if srv.poll() is None:
-            srv.terminate()
-        srv.wait(timeout=5)
-    tmp.replace(out)
-    print(f"{out}: {out.stat().st_size} bytes")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve")
-    s.add_argument("--host", default=SRV)
-    s.add_argument("--port", type=int, default=PORT)
-    s.add_argument("--connections", type=int, default=2)
-    c = sub.add_parser("client")
-    c.add_argument("--host", default=SRV)
-    c.add_argument("--port", type=int, default=PORT)
-    k = sub.add_parser("capture")
-    k.add_argument("out", type=Path)
-    a = ap.parse_args()
-    if a.cmd == "serve":
-        serve(a.host, a.port, a.connections)
-    elif a.cmd == "client":
-        client(a.host, a.port)
-    else:
-        capture(a.out)
-
-
 if __name__ == "__main__":
-    main()
+    lab.main(__file__, __doc__, PORT, serve, client)
