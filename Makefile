@@ -5,7 +5,7 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := chdb://$(CURDIR)/.flowscope/demo
-DEB_TEST_PACKAGES := python3-venv iproute2 ethtool tshark
+DEB_TEST_PACKAGES := python3-venv iproute2 ethtool tshark mariadb-server
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: demo test deps lint bench clean

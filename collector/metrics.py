@@ -122,7 +122,11 @@ class MetricsAggregator:
                 self._minutes[int(m)].append(_group(part))
         for m in sorted(self._minutes):
             if final or (data_sec is not None and data_sec >= m + 60 + self.grace):
-                merged = _group(pa.concat_tables(self._minutes.pop(m)))
+                parts = self._minutes.pop(m)
+                if len(parts) > 1:       # a flush of close events only lacks the per-second meters
+                    schema = pa.unify_schemas([p.schema for p in parts])
+                    parts = [_zero_fill(p, schema).select(schema.names) for p in parts]
+                merged = _group(pa.concat_tables(parts))
                 out[f"{fam}_map.1m"].append(self._map_rows(merged))
                 out[f"{fam}.1m"].append(self._single_rows(merged))
         return dict(out)
@@ -162,7 +166,7 @@ class MetricsAggregator:
 
     # -- shaping to the stored tables -----------------------------------------------------------
     def _tags(self) -> np.ndarray:
-        return np.asarray(self.registry.by_id, dtype=np.int64)
+        return self.registry.array()
 
     def _map_rows(self, t: pa.Table) -> pa.Table:
         tags = self._tags()

@@ -7,7 +7,6 @@ source (until the files end) or a live source (until asked to stop).
 from __future__ import annotations
 
 import gc
-import ipaddress
 import logging
 import socket
 import threading
@@ -23,7 +22,7 @@ from collector.flow.report import L4_COLUMNS, L7_COLUMNS
 from collector.flow.table import FlowConfig, FlowTable, NicInfo
 from collector.l7.registry import Detector
 from collector.metrics import MetricsAggregator
-from collector.tagging import Tagger
+from collector.tagging import DEV_NODE, DEV_POD, InventoryTagger, Tagger, ip_key
 from collector.writer import RowBatch, Writer
 from flowscope.config import Config
 
@@ -52,11 +51,6 @@ def _parse_mac(text: str) -> bytes:
     return bytes(int(p, 16) for p in parts)
 
 
-def _ip_key(text: str) -> int | bytes:
-    ip = ipaddress.ip_address(text)
-    return int(ip) if ip.version == 4 else ip.packed
-
-
 class Collector:
     """Owns the flow table, the metrics aggregator and the writer's inputs."""
 
@@ -77,7 +71,7 @@ class Collector:
         self.app_metrics = MetricsAggregator(self.tagger.registry, agent_id=cfg.agent_id, family="application")
         self.roles = NicRoles(tuple(c.interfaces))
         self.local_macs = frozenset(_parse_mac(m) for m in c.local_macs)
-        self.local_ips = frozenset(_ip_key(i) for i in c.local_ips)
+        self.local_ips = frozenset(ip_key(i) for i in c.local_ips)
         self._l4: list[tuple] = []
         self._l7: list[tuple] = []
         self._registered: dict[int, CaptureNic] = {}
@@ -134,10 +128,13 @@ class Collector:
                 continue
             self._registered[nic_id] = nic
             role = self.roles.role_of(nic.name)
+            near_ips = self.local_ips
+            if self.live and isinstance(self.tagger, InventoryTagger) and self.tagger.inv.resources:
+                role, near_ips = self._role_from_inventory(nic, role)
             macs = {nic.mac} if nic.mac else set(self.local_macs)
             frames = [p for p in batch if p[3] == nic_id]
             has_direction = any(p[4] for p in frames[:64])
-            if not macs and not self.local_ips and not has_direction and nic.linktype == LINKTYPE_ETHERNET:
+            if not macs and not near_ips and not has_direction and nic.linktype == LINKTYPE_ETHERNET:
                 guess = guess_local_mac([(p[1][6:12], p[1][0:6]) for p in frames[:4000] if len(p[1]) >= 14])
                 if guess:
                     macs = {guess}
@@ -147,7 +144,7 @@ class Collector:
             capture_nic = int.from_bytes(mac[2:6], "big") if len(mac) == 6 else 0
             self.table.add_nic(nic_id, NicInfo(name=nic.name, role=role, linktype=nic.linktype,
                                                capture_nic=capture_nic, netns=nic.netns,
-                                               near=NearEnd(role, frozenset(macs), self.local_ips)))
+                                               near=NearEnd(role, frozenset(macs), near_ips)))
             self.nic_rows.append((self.cfg.agent_id, capture_nic, nic.name, nic.netns, role, mac.hex(":")))
             # capture NIC names for flow_tag.vtap_port_map (DeepFlow's tap_port → interface name)
             name = f"{nic.netns}/{nic.name}" if nic.netns else nic.name
@@ -160,6 +157,24 @@ class Collector:
                 "id": pa.array([self.cfg.agent_id], pa.uint64()), "name": [agent_name(self.cfg)],
                 "host": [socket.gethostname()]}))
 
+    def _role_from_inventory(self, nic, role: str) -> tuple[str, frozenset]:
+        """A live NIC's role and near-end addresses from what the inventory says is behind it: a
+        veth whose peer holds a pod's address is that pod's NIC (whatever its name; observation
+        points c / s), a NIC holding a node's address is the node's (c-nd / s-nd)."""
+        from collector.capture.peer import own_addresses, peer_addresses
+
+        by_id = self.tagger.registry.by_id
+        kinds = lambda ips: {by_id[self.tagger.tag(ip_key(ip))].l3_device_type for ip in ips}  # noqa: E731
+        peer = peer_addresses(nic.netns, nic.name)
+        if peer and DEV_POD in kinds(peer) and role != "local":
+            log.info("%s: the NIC of pod address(es) %s", nic.name, ", ".join(peer))
+            return "pod", frozenset(ip_key(ip) for ip in peer) | self.local_ips
+        own = own_addresses(nic.netns, nic.name)
+        if own and role == "own" and DEV_NODE in kinds(own):
+            log.info("%s: a node's NIC (%s)", nic.name, ", ".join(own))
+            role = "node"
+        return role, frozenset(ip_key(ip) for ip in own) | self.local_ips
+
     # -- main loops -------------------------------------------------------------------------
     def run(self, source, stop: threading.Event | None = None, now_us=None) -> None:
         """Consume ``source`` until it ends (files) or ``stop`` is set (live), then flush all.
@@ -171,7 +186,10 @@ class Collector:
         self.source = source
         registered = self._registered
         stopping_since = 0.0
+        tagger = self.tagger
         for batch in source.batches():
+            if tagger.pending is not None:       # a new inventory, built on another thread
+                tagger.apply_pending()
             if batch and (len(registered) < len(source.nics) or batch[0][3] not in registered):
                 self.register_nics(source, batch)
             if batch:

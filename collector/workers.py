@@ -69,7 +69,17 @@ def _worker(index: int, cfg: Config, patterns: list[str], group: int, q, stop, c
         q.put(("error", index, str(e)))
         return
     writer = QueueWriter(q, columns)
-    col = Collector(cfg, writer, live=True, worker=index)
+    md = None
+    tagger = None
+    if cfg.metadata.active:             # the parent runs the sources; a worker reads the store
+        from collector.tagging import InventoryTagger
+        from flowscope.metadata.runtime import Metadata
+
+        tagger = InventoryTagger(own_cluster=cfg.metadata.cluster)
+        md = Metadata(cfg.metadata, tagger)
+        md.open(sources=False)
+        md.start()
+    col = Collector(cfg, writer, live=True, worker=index, tagger=tagger)
     writer.registry = col.tagger.registry
     tune_gc()
     q.put(("ready", index, None))
@@ -80,6 +90,8 @@ def _worker(index: int, cfg: Config, patterns: list[str], group: int, q, stop, c
         q.put(("error", index, f"worker {index}: {type(e).__name__}: {e}"))
     finally:
         src.close()
+        if md is not None:
+            md.close()
     q.put(("done", index, col.snapshot()))
 
 

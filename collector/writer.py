@@ -99,13 +99,9 @@ class Converter:
     def __init__(self, columns: dict[str, Column], registry: TagRegistry | None = None) -> None:
         self.columns = columns
         self.registry = registry
-        self._tags: np.ndarray | None = None
 
     def _tag_block(self) -> np.ndarray:
-        reg = self.registry
-        if self._tags is None or len(self._tags) != len(reg.by_id):
-            self._tags = np.asarray(reg.by_id, dtype=np.int64)
-        return self._tags
+        return self.registry.array()
 
     def convert(self, batch: RowBatch) -> pa.Table:
         cols: dict[str, pa.Array] = {}

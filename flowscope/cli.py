@@ -33,6 +33,13 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML con
 DsnOpt = Annotated[str | None, typer.Option("--clickhouse", help="ClickHouse DSN: chdb:///DIR (embedded, "
                                             "default ./.flowscope/chdb) or http(s)://user:pass@host:8123/ "
                                             "($FLOWSCOPE_CLICKHOUSE).")]
+InventoryOpt = Annotated[Path | None, typer.Option("--inventory", help="Static inventory YAML (clusters, "
+                                                    "nodes, pods, services, hosts) to tag flows with.")]
+MetadataOpt = Annotated[str | None, typer.Option("--metadata", help="Metadata store: sqlite:///FILE (default "
+                                                 ".flowscope/metadata.db) or mysql://user:pass@host/db "
+                                                 "($FLOWSCOPE_METADATA).")]
+KubeOpt = Annotated[list[str] | None, typer.Option("--kube", help="Watch a Kubernetes cluster: NAME (in-cluster "
+                                                   "service account) or NAME=KUBECONFIG[@CONTEXT]; repeatable.")]
 DEFAULT_LISTEN = "127.0.0.1:20416"
 
 
@@ -50,6 +57,47 @@ def _load_config(path: Path | None, dsn: str | None) -> config_mod.Config:
     if dsn:
         cfg.clickhouse = dsn
     return cfg
+
+
+def _apply_metadata_options(cfg: config_mod.Config, inventory: Path | None, metadata: str | None,
+                            kube: list[str] | None) -> None:
+    import os
+
+    m = cfg.metadata
+    if inventory:
+        m.inventory = str(inventory)
+    metadata = metadata or os.environ.get("FLOWSCOPE_METADATA")
+    if metadata:
+        m.store = metadata
+        if m.enabled is None:
+            m.enabled = True
+    for spec in kube or ():
+        name, _, rest = spec.partition("=")
+        kubeconfig, _, context = rest.partition("@")
+        m.kubernetes.append({"name": name, "kubeconfig": kubeconfig or None, "context": context or None})
+    try:
+        cfg.validate()
+    except config_mod.ConfigError as e:
+        err.print(f"[red]config error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+def _open_metadata(cfg: config_mod.Config, *, sources: bool = True):
+    """The tagger, and the metadata runtime feeding it (None without an inventory)."""
+    from collector.tagging import InventoryTagger, Tagger
+    from flowscope.metadata.inventory import InventoryError
+    from flowscope.metadata.runtime import Metadata
+
+    if not cfg.metadata.active:
+        return Tagger(), None
+    tagger = InventoryTagger(own_cluster=cfg.metadata.cluster)
+    md = Metadata(cfg.metadata, tagger)
+    try:
+        md.open(wait_s=10.0 if sources else 0.0, sources=sources)
+    except InventoryError as e:
+        err.print(f"[red]inventory error:[/red] {e}")
+        raise typer.Exit(2) from e
+    return tagger, md
 
 
 def _connect(cfg: config_mod.Config, **kw):
@@ -113,20 +161,20 @@ def _open_source(cfg: config_mod.Config, pcap: bool, iface: bool, sources: list[
         raise typer.Exit(1) from e
 
 
-def _build_collector(cfg: config_mod.Config, client, live: bool):
+def _build_collector(cfg: config_mod.Config, client, live: bool, tagger=None):
     from collector.pipeline import Collector, spool_dir, tune_gc
     from collector.writer import Writer
 
     writer = Writer(client, block=not live, queue_batches=cfg.writer.queue_batches, spool_dir=spool_dir(cfg),
                     spool_max_bytes=cfg.writer.spool_max_mb << 20)
-    col = Collector(cfg, writer, live=live)
+    col = Collector(cfg, writer, live=live, tagger=tagger)
     writer.registry = col.tagger.registry
     writer.replay_spool()
     tune_gc()
     return col
 
 
-def _print_summary(s: dict, elapsed: float) -> None:
+def _print_summary(s: dict, elapsed: float, md=None) -> None:
     t = s["table"]
     tab = Table(title="flowscope collect", show_header=False, box=None)
     rate = t["packets"] / elapsed if elapsed > 0 else 0
@@ -147,6 +195,10 @@ def _print_summary(s: dict, elapsed: float) -> None:
         tab.add_row("malformed records", f"{cap['malformed']:,}")
     if cap.get("kernel_drops"):
         tab.add_row("[red]kernel drops[/red]", f"{cap['kernel_drops']:,}")
+    if md is not None:
+        m = md.stats()
+        tab.add_row("inventory", f"{m['resources']:,} resources, {m['addresses']:,} addresses"
+                    + (f" [yellow](last error: {m['last_error']})[/yellow]" if m["last_error"] else ""))
     err.print(tab)
 
 
@@ -165,11 +217,15 @@ def collect(
     max_flows: Annotated[int | None, typer.Option(help="Maximum concurrent flows (memory bound).")] = None,
     workers: Annotated[int, typer.Option(help="Live capture: spread flows over N processes with "
                                          "PACKET_FANOUT (symmetric flow hash).", min=1, max=64)] = 1,
+    inventory: InventoryOpt = None,
+    metadata: MetadataOpt = None,
+    kube: KubeOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Capture or replay packets into flow logs and network metrics."""
+    """Capture or replay packets into flow logs, request logs and metrics."""
     _setup_logging(verbose)
     cfg = _load_config(config, clickhouse)
+    _apply_metadata_options(cfg, inventory, metadata, kube)
     if local_ip:
         cfg.capture.local_ips = list(local_ip)
     if max_flows:
@@ -183,8 +239,14 @@ def collect(
     source, live = _open_source(cfg, pcap, iface, sources or [])
     client = _connect(cfg)
     _migrate(client, cfg)
-    col = _build_collector(cfg, client, live)
+    tagger, md = _open_metadata(cfg)
+    col = _build_collector(cfg, client, live, tagger)
     stop = _stop_event() if live else None
+    if md is not None:
+        md.sync_now(client)
+        if live:
+            md.start()
+            md.start_sync(lambda: storage.connect(cfg.clickhouse))
     if live:
         _print_capturing(source.nics.values())
     t0 = time.monotonic()
@@ -193,7 +255,9 @@ def collect(
     finally:
         source.close()
         col.writer.close()
-    _print_summary(col.snapshot(), time.monotonic() - t0)
+        if md is not None:
+            md.close()
+    _print_summary(col.snapshot(), time.monotonic() - t0, md)
 
 
 def _print_capturing(nics) -> None:
@@ -217,6 +281,10 @@ def _collect_workers(cfg: config_mod.Config, patterns: list[str], workers: int) 
         raise typer.Exit(1) from e
     client = _connect(cfg)
     _migrate(client, cfg)
+    _, md = _open_metadata(cfg)          # sources and flow_tag sync here; the workers read the store
+    if md is not None:
+        md.sync_now(client)
+        md.start_sync(lambda: storage.connect(cfg.clickhouse))
     writer = Writer(client, block=True, queue_batches=cfg.writer.queue_batches, spool_dir=spool_dir(cfg),
                     spool_max_bytes=cfg.writer.spool_max_mb << 20)
     writer.replay_spool()
@@ -230,6 +298,8 @@ def _collect_workers(cfg: config_mod.Config, patterns: list[str], workers: int) 
         raise typer.Exit(1) from e
     finally:
         writer.close()
+        if md is not None:
+            md.close()
     snap = merge_snapshots(snaps)
     snap["rows_written"] = dict(writer.stats.rows_written)
     snap["rows_dropped"] = dict(writer.stats.rows_dropped)
@@ -315,6 +385,9 @@ def up(
     listen: Annotated[str | None, typer.Option(help=f"Datasource address (default {DEFAULT_LISTEN}).")] = None,
     clickhouse: DsnOpt = None,
     config: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    metadata: MetadataOpt = None,
+    kube: KubeOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Embedded all-in-one: capture or replay + store + datasource HTTP API, in one process."""
@@ -326,6 +399,7 @@ def up(
 
     _setup_logging(verbose)
     cfg = _load_config(config, clickhouse)
+    _apply_metadata_options(cfg, inventory, metadata, kube)
     source = live = None
     if sources or pcap or iface:
         source, live = _open_source(cfg, pcap, iface, sources or [])
@@ -334,7 +408,12 @@ def up(
     qclient = _connect(cfg)
     ds = cfg.datasource
     engine = QueryEngine(qclient, Limits(ds.max_execution_time_s, ds.max_result_rows, ds.max_memory_mb))
-    col = _build_collector(cfg, client, bool(live))
+    tagger, md = _open_metadata(cfg)
+    col = _build_collector(cfg, client, bool(live), tagger)
+    if md is not None:
+        md.sync_now(client)
+        md.start()
+        md.start_sync(lambda: storage.connect(cfg.clickhouse))
     stop = _stop_event()
     metrics = prometheus_text(col.snapshot)
     web = create_app(engine, metrics=metrics, health=lambda: {"flows_active": col.table.nflows})
@@ -349,13 +428,17 @@ def up(
         if source is not None:
             col.run(source, stop, now_us=getattr(source, "now_us", None))
             source.close()
-            _print_summary(col.snapshot(), time.monotonic() - t0)
+            _print_summary(col.snapshot(), time.monotonic() - t0, md)
         while not stop.is_set():
             stop.wait(0.5)
+            if md is not None and tagger.pending is not None and source is None:
+                tagger.apply_pending()      # no capture loop to apply it (serving only)
     finally:
         server.should_exit = True
         web_thread.join(5)
         col.writer.close()
+        if md is not None:
+            md.close()
 
 
 @db_app.command("migrate")

@@ -87,6 +87,24 @@ class DatasourceConfig:
 
 
 @dataclass
+class MetadataSettings:
+    # Where the inventory lives: sqlite:///FILE (embedded) or mysql://user:pass@host:3306/db.
+    store: str = "sqlite:///.flowscope/metadata.db"
+    inventory: str | None = None           # static inventory file (README "Inventory")
+    # Kubernetes clusters to watch: [{name: prod, kubeconfig: ~/.kube/config, context: prod}];
+    # {name: X} alone uses the in-cluster service account.
+    kubernetes: list[dict] = field(default_factory=list)
+    cluster: str = ""                      # the cluster this collector runs in (wins IP conflicts)
+    enabled: bool | None = None            # None: on when an inventory, a cluster or --metadata is given
+    refresh_s: float = 5.0                 # how often the collector polls the store for changes
+    sync_interval_s: float = 60.0          # full flow_tag sync period (changes sync within refresh_s)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.inventory or self.kubernetes) if self.enabled is None else self.enabled
+
+
+@dataclass
 class Config:
     clickhouse: str | None = None          # DSN; None = $FLOWSCOPE_CLICKHOUSE or the embedded store
     agent_id: int = 1
@@ -97,6 +115,7 @@ class Config:
     l7: L7Settings = field(default_factory=L7Settings)
     writer: WriterConfig = field(default_factory=WriterConfig)
     datasource: DatasourceConfig = field(default_factory=DatasourceConfig)
+    metadata: MetadataSettings = field(default_factory=MetadataSettings)
 
     def validate(self) -> Config:
         if not 0 < self.agent_id < 65536:
@@ -108,6 +127,12 @@ class Config:
         unknown = set(self.capture.decap) - {"vxlan", "geneve", "ipip", "gre"}
         if unknown:
             raise ConfigError(f"capture.decap: unknown tunnel(s) {sorted(unknown)} (known: vxlan geneve ipip gre)")
+        for i, spec in enumerate(self.metadata.kubernetes):
+            if not isinstance(spec, dict) or not spec.get("name") or set(spec) - {"name", "kubeconfig", "context"}:
+                raise ConfigError(f"metadata.kubernetes[{i}]: expected {{name: CLUSTER, kubeconfig: FILE, "
+                                  f"context: NAME}}, got {spec!r}")
+        if not self.metadata.store.startswith(("sqlite://", "mysql://")):
+            raise ConfigError(f"metadata.store: sqlite:///FILE or mysql://user:pass@host/db, got {self.metadata.store!r}")
         if self.flow.max_flows < 1000:
             raise ConfigError(f"flow.max_flows: at least 1000, got {self.flow.max_flows}")
         return self

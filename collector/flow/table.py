@@ -590,10 +590,14 @@ class FlowTable:
         tags = self._tag_cache
         a.tag_id = tags.get(src)
         if a.tag_id is None:
-            a.tag_id = self.tagger.tag(src)
+            a.tag_id = self.tagger.tag(src, ts)
         b.tag_id = tags.get(dst)
         if b.tag_id is None:
-            b.tag_id = self.tagger.tag(dst)
+            b.tag_id = self.tagger.tag(dst, ts)
+        port_tags = self.tagger.port_tags
+        if port_tags:                  # the Service behind a server port (pods with several, NodePorts)
+            a.tag_id = port_tags.get((a.tag_id, sport), a.tag_id)
+            b.tag_id = port_tags.get((b.tag_id, dport), b.tag_id)
         f.obs = info.points[client.near << 2 | server.near << 1 | (tun is not None)]
         self._flow_seq += 1
         f.flow_id = (((ts * 1000) >> 30) & MASK32) << 32 | self._worker_bits | (self._flow_seq & 0xFFFFFF)
