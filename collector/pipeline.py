@@ -80,6 +80,7 @@ class Collector:
         self.source = None
         self.drain_s = 2.0
         self._agent_written = False
+        self.metadata_stats = None        # the metadata runtime's stats(), when there is one
 
     # -- FlowTable sink ---------------------------------------------------------------------
     def l4(self, rows: list[tuple]) -> None:
@@ -236,6 +237,7 @@ class Collector:
             "rows_spooled": ws.rows_spooled,
             "insert_errors": ws.insert_errors,
             "last_error": ws.last_error,
+            **({"metadata": self.metadata_stats()} if self.metadata_stats is not None else {}),
         }
 
 

@@ -57,6 +57,18 @@ class _SnapshotCollector:
         c = CounterMetricFamily("flowscope_insert_errors", "Failed ClickHouse inserts")
         c.add_metric([], s["insert_errors"])
         yield c
+        md = s.get("metadata")
+        if md:
+            g = GaugeMetricFamily("flowscope_inventory_addresses", "Addresses the tagger knows")
+            g.add_metric([], md["addresses"])
+            yield g
+            g = GaugeMetricFamily("flowscope_inventory_stale_seconds",
+                                  "Seconds since the metadata store was last read (alert when it grows)")
+            g.add_metric([], md["stale_s"] if md["stale_s"] is not None else float("inf"))
+            yield g
+            c = CounterMetricFamily("flowscope_inventory_errors", "Failed reads of the metadata store or sources")
+            c.add_metric([], md["errors"])
+            yield c
 
 
 def prometheus_text(snapshot: Callable[[], dict]) -> Callable[[], bytes]:

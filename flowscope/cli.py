@@ -241,6 +241,7 @@ def collect(
     _migrate(client, cfg)
     tagger, md = _open_metadata(cfg)
     col = _build_collector(cfg, client, live, tagger)
+    col.metadata_stats = md.stats if md is not None else None
     stop = _stop_event() if live else None
     if md is not None:
         md.sync_now(client)
@@ -410,6 +411,7 @@ def up(
     engine = QueryEngine(qclient, Limits(ds.max_execution_time_s, ds.max_result_rows, ds.max_memory_mb))
     tagger, md = _open_metadata(cfg)
     col = _build_collector(cfg, client, bool(live), tagger)
+    col.metadata_stats = md.stats if md is not None else None
     if md is not None:
         md.sync_now(client)
         md.start()

@@ -51,16 +51,17 @@ class MemoryWriter:
         return pa.concat_tables(parts, promote_options="default") if parts else None
 
 
-def replay(*names: str, cfg=None):
-    """Run the collector (no ClickHouse) over tests/data/<name>.pcap files; returns the
-    MemoryWriter with everything it produced, and the Collector."""
+def replay(*names: str, cfg=None, tagger=None):
+    """Run the collector (no ClickHouse) over tests/data/<name>.pcap files (or <name> when it
+    has an extension); returns the MemoryWriter with everything it produced, and the Collector."""
     from collector.capture.pcap import PcapSource
     from collector.pipeline import Collector
     from flowscope.config import Config
 
     writer = MemoryWriter()
-    col = Collector(cfg or Config(), writer)
-    src = PcapSource([str(DATA / f"{n}.pcap") for n in names])
+    col = Collector(cfg or Config(), writer, tagger=tagger)
+    writer.registry = col.tagger.registry
+    src = PcapSource([str(DATA / (n if "." in n else f"{n}.pcap")) for n in names])
     col.run(src)
     src.close()
     return writer, col
