@@ -8,6 +8,7 @@ resource inventory (pods, nodes, services, hosts) through the same ``tag`` call.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import threading
@@ -104,6 +105,9 @@ class Tagger:
         # Server-side tags by port: (tag_id, port) → tag_id of the same end with the Service that
         # serves that port (datamodel §6.2: side 1 is matched with server_port). Read by the flow table.
         self.port_tags: dict[tuple[int, int], int] = {}
+        # Pod MAC → tag, for ends whose address the inventory does not know (an IPv6 the pod
+        # configured itself, a DHCP client): only pods, whose frames always carry their own MAC.
+        self.macs: dict[int, int] = {}
         self.pending: object | None = None           # an inventory waiting to be applied
 
     def tag(self, ip: int | bytes, ts: int = 0) -> int:
@@ -134,7 +138,7 @@ class Tagger:
 VPC_ID = 1                    # single-VPC mode: every inventory address lives in VPC 1 (§6.2)
 DEV_CHOST, DEV_POD, DEV_SERVICE, DEV_NODE = 1, 10, 11, 14
 AUTO_CLUSTER = 103
-SRC_EPC_IP = 8                # tag_source: found by (EPC, IP)
+SRC_MAC, SRC_EPC_IP = 4, 8    # tag_source: found by MAC / by (EPC, IP)
 _KIND_RANK = {"pod": 0, "node": 1, "service": 2, "host": 3}   # who owns an IP claimed twice at once
 _FOREVER = math.inf
 
@@ -161,6 +165,7 @@ class Inventory(NamedTuple):
     claims: dict[int | bytes, list[Claim]]       # addresses several resources held (IP reuse)
     port_tags: dict[tuple[int, int], int]
     resources: int
+    macs: dict[int, int]                         # a pod's own MAC → its tag (tag_source MAC)
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -222,6 +227,7 @@ def build_inventory(records: Iterable[StoredRecord], registry: TagRegistry, own_
 
     claims: dict[int | bytes, list[Claim]] = {}
     port_tags: dict[tuple[int, int], int] = {}
+    macs: dict[int, int] = {}
 
     def claim(rec, ip: str, tid: int) -> None:
         try:
@@ -257,6 +263,11 @@ def build_inventory(records: Iterable[StoredRecord], registry: TagRegistry, own_
         tid = pod_tag(svcs[0][0] if svcs else 0)
         for ip in rec.ips:
             claim(rec, ip, tid)
+        if rec.deleted is None:          # a live pod's own MAC names it at any address it uses
+            for mac in rec.macs:
+                with contextlib.suppress(ValueError):
+                    macs[int(mac.replace(":", ""), 16)] = registry.intern(
+                        registry.by_id[tid]._replace(tag_source=SRC_MAC))
         if len(svcs) > 1:               # ports tell the Services apart on the server side
             for sid, ports in reversed(svcs):
                 for port in ports:
@@ -305,7 +316,7 @@ def build_inventory(records: Iterable[StoredRecord], registry: TagRegistry, own_
             single[key] = cs[0].tag_id
         else:
             multi[key] = sorted(cs)
-    return Inventory(single, multi, port_tags, len(recs))
+    return Inventory(single, multi, port_tags, len(recs), macs)
 
 
 class InventoryTagger(Tagger):
@@ -321,7 +332,7 @@ class InventoryTagger(Tagger):
     def __init__(self, registry: TagRegistry | None = None, cache_size: int = 65536, own_cluster: str = "") -> None:
         super().__init__(registry, cache_size)
         self.own_cluster = own_cluster
-        self.inv = Inventory({}, {}, {}, 0)
+        self.inv = Inventory({}, {}, {}, 0, {})
         self.loaded_at = 0.0                      # wall clock of the inventory in use (0: none yet)
         self._lock = threading.Lock()             # one builder at a time (interning is not reentrant)
 
@@ -339,6 +350,7 @@ class InventoryTagger(Tagger):
         self.pending = None
         self.inv = inv
         self.port_tags = inv.port_tags
+        self.macs = inv.macs
         self.cache.clear()                        # in place: the flow table holds this dict
         self.loaded_at = time.time()
 

@@ -188,3 +188,23 @@ def test_a_new_inventory_applies_between_batches_only(tagger: InventoryTagger) -
 def test_ip_keys_match_the_flow_table() -> None:
     assert ip_key("10.0.0.1") == int(ipaddress.IPv4Address("10.0.0.1"))
     assert ip_key("fd00::1") == ipaddress.IPv6Address("fd00::1").packed
+
+
+def test_an_address_the_inventory_lacks_is_named_by_the_pods_mac() -> None:
+    """web-a's IPv6 address is not in this inventory, its MAC is: the IPv6 flows from it are
+    still web-a's (tag_source 4, MAC), and a pod deleted earlier no longer claims its MAC."""
+    from tests.helpers import replay
+
+    recs = parse({"clusters": [{"name": "lab", "pods": [
+        {"name": "web-a", "namespace": "shop", "ips": ["10.16.0.11"], "macs": ["00:00:00:ca:61:07"]},
+        {"name": "old", "namespace": "shop", "ips": ["10.16.0.99"], "macs": ["00:00:00:fa:35:c1"], "deleted": 1},
+        {"name": "api", "namespace": "payments", "ips": ["10.16.0.20", "fd00:10:16::20"]}]}]})
+    t = InventoryTagger()
+    t.load(stored(recs))
+    t.apply_pending()
+    writer, _ = replay("k8s_pods.pcapng", tagger=t)
+    v6 = [r for r in writer.l4_rows() if not r["is_ipv4"] and r["server_port"] == 8080]
+    assert len(v6) == 1
+    client, server = (t.registry.by_id[v6[0][f"tag_id_{s}"]] for s in (0, 1))
+    assert (client.pod_id, client.tag_source) == (1, 4) and (server.pod_id, server.tag_source) == (3, 8)
+    assert 0x00000000FA35C1 not in t.macs and 0x00000000CA6107 in t.macs

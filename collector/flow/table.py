@@ -594,6 +594,12 @@ class FlowTable:
         b.tag_id = tags.get(dst)
         if b.tag_id is None:
             b.tag_id = self.tagger.tag(dst, ts)
+        if not (a.tag_id and b.tag_id) and self.tagger.macs:    # unknown addresses: a pod's own MAC
+            macs = self.tagger.macs
+            if not a.tag_id and a.mac:
+                a.tag_id = macs.get(a.mac, 0)
+            if not b.tag_id and b.mac:
+                b.tag_id = macs.get(b.mac, 0)
         port_tags = self.tagger.port_tags
         if port_tags:                  # the Service behind a server port (pods with several, NodePorts)
             a.tag_id = port_tags.get((a.tag_id, sport), a.tag_id)
