@@ -156,3 +156,42 @@ def test_a_bad_inventory_is_one_readable_error(tmp_path: Path) -> None:
                        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "inventory error:" in r.stderr and "clusters[0].pods[0].ips[0]: not an IP address: '10.0.0.300'" in r.stderr
+
+
+def test_kubernetes_inventory_tags_the_same_pcap(tmp_path: Path) -> None:
+    """``--kube lab=KUBECONFIG``: the recorded Kube-OVN cluster (tests/data/k8s/cluster.json) served
+    by the contract API server (no real API server runs here; tests/k8s_api.py) through the real
+    ``kubernetes`` client. Its pods hold the pcap's addresses: web-7c9d8f6b5-2xkqz 10.16.0.11,
+    api-6f7b9c5d48-zp5xw 10.16.0.20 / fd00:10:16::20, redis-0 10.16.0.13 (its coredns pods have
+    other addresses: the DNS server 10.16.0.5 stays unknown, and so does the client's IPv6 address,
+    which the recorded web pod does not have)."""
+    import yaml
+
+    from tests.k8s_api import KubeAPIServer, load_cluster
+
+    with KubeAPIServer(load_cluster()) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+            "clusters": [{"name": "lab", "cluster": {"server": api.url}}],
+            "users": [{"name": "u", "user": {"token": "not-checked"}}],
+            "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "u"}}]}))
+        args = [str(FLOWSCOPE), "collect", "--pcap", str(DATA / "k8s_pods.pcapng"), "--kube", f"lab={kubeconfig}",
+                "--clickhouse", f"chdb://{tmp_path / 'chdb'}", "--metadata", f"sqlite:///{tmp_path / 'm.db'}"]
+        r = subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+        assert any(q.watch for q in api.requests_for("pods"))         # listed, then watched
+    got = rows(tmp_path, f"""
+        SELECT server_port, is_ipv4, {COLUMNS}, count() AS flows FROM flow_log.l4_flow_log
+        WHERE protocol IN (6, 17) GROUP BY ALL ORDER BY server_port, is_ipv4, pod_0""")
+    seen = {(r["server_port"], r["is_ipv4"], r["pod_0"], r["pod_1"], r["group_1"], r["service_1"], r["flows"])
+            for r in got}
+    assert seen == {
+        (53, 1, "web-7c9d8f6b5-2xkqz", "", "", "", 3),
+        (6379, 1, "api-6f7b9c5d48-zp5xw", "redis-0", "redis", "redis", 1),
+        (6379, 1, "web-7c9d8f6b5-2xkqz", "redis-0", "redis", "redis", 1),
+        (8080, 0, "", "api-6f7b9c5d48-zp5xw", "api", "api", 1),      # the web pod is IPv4-only there
+        (8080, 1, "web-7c9d8f6b5-2xkqz", "api-6f7b9c5d48-zp5xw", "api", "api", 2),
+    }
+    assert {(r["ns_0"], r["group_0"], r["group_type_0"], r["cluster_0"], r["node_0"]) for r in got if r["pod_0"]} == {
+        ("shop", "web", 130, "lab", "node-2"), ("payments", "api", 130, "lab", "node-1")}

@@ -52,8 +52,9 @@ class Record:
     """One resource as a source sees it now.
 
     Identity inside the store is ``(kind, cluster, key)``: pods are keyed by ``uid`` (a StatefulSet
-    pod recreated under the same name is a new pod), everything else by namespace/name, so a
-    namespace named by a pod and the same namespace listed by the API are one resource.
+    pod recreated under the same name is a new pod), pod groups by namespace/kind/name, everything
+    else by namespace/name, so a namespace named by a pod and the same namespace listed by the API
+    are one resource.
     """
 
     kind: str                                  # one of KINDS
@@ -83,6 +84,8 @@ class Record:
     def key(self) -> str:
         if self.kind == "pod" and self.uid:
             return self.uid
+        if self.kind == "pod_group":          # a Deployment and a StatefulSet may share a name
+            return f"{self.namespace}/{self.group_kind}/{self.name}"
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
@@ -104,6 +107,7 @@ class Sink(Protocol):
 
     ``upsert`` creates or updates a record (and the cluster / namespace / node / pod_group it
     names, if unknown) and returns its id; a record that comes back after deletion is alive again.
+    An upsert with ``deleted`` set records a deletion (the first deletion time is kept).
     ``delete`` marks one deleted at ``when``. ``replace`` is a full listing of one kind from one
     source (a relist after 410 Gone, a reloaded file): records of that kind and cluster not in it
     are marked deleted at ``when``.
