@@ -24,26 +24,26 @@ demo: $(BIN)/flowscope
 	@echo "== flowscope collect: the bundled pcaps (real traffic from ../shared/netlab and a Kube-OVN-like node) into the embedded store, tagged with their inventory"
 	$(BIN)/flowscope collect --clickhouse $(DEMO) --metadata $(DEMO_METADATA) --inventory tests/data/inventory/lab.yaml \
 	  --pcap tests/data/*.pcap tests/data/*.pcapng
-	@echo "== flows by observation point and close type (flow_log.l4_flow_log)"
+	@echo "== flows by observation point and close type: DeepFlow SQL (flow_log.l4_flow_log)"
 	@$(BIN)/flowscope query --clickhouse $(DEMO) --db flow_log --table \
-	  "SELECT observation_point, close_type, tunnel_type, count() AS flows, sum(packet_tx + packet_rx) AS packets, sum(byte_tx + byte_rx) AS bytes FROM l4_flow_log GROUP BY 1, 2, 3 ORDER BY flows DESC LIMIT 8"
+	  "SELECT Enum(observation_point) AS observation_point, Enum(close_type) AS close_type, Enum(tunnel_type) AS tunnel, Count(row) AS flows, Sum(packet) AS packets, Sum(byte) AS bytes FROM l4_flow_log GROUP BY observation_point, close_type, tunnel_type ORDER BY flows DESC LIMIT 8"
 	@echo "== requests by application protocol (flow_log.l7_flow_log)"
 	@$(BIN)/flowscope query --clickhouse $(DEMO) --db flow_log --table \
-	  "SELECT dictGet('flow_tag.int_enum_map', 'name_en', ('l7_protocol', toUInt64(l7_protocol))) AS protocol, count() AS requests, countIf(response_status = 3) AS server_errors, countIf(response_status = 4) AS client_errors, countIf(response_status = 2) AS timeouts, round(avg(response_duration)) AS avg_us, max(response_duration) AS max_us FROM l7_flow_log GROUP BY protocol ORDER BY requests DESC"
+	  "SELECT Enum(l7_protocol) AS protocol, Count(row) AS requests, Sum(server_error) AS server_errors, Sum(client_error) AS client_errors, Sum(timeout) AS timeouts, round(Avg(response_duration)) AS avg_us, Max(response_duration) AS max_us FROM l7_flow_log GROUP BY l7_protocol ORDER BY requests DESC"
 	@echo "== the slowest requests"
 	@$(BIN)/flowscope query --clickhouse $(DEMO) --db flow_log --table \
-	  "SELECT dictGet('flow_tag.int_enum_map', 'name_en', ('l7_protocol', toUInt64(l7_protocol))) AS protocol, request_type, substring(request_resource, 1, 40) AS resource, response_code, response_exception, response_duration AS us FROM l7_flow_log WHERE type = 2 ORDER BY response_duration DESC LIMIT 6"
-	@echo "== who talks to whom: pods, workloads and Services named through flow_tag dictionaries"
+	  "SELECT Enum(l7_protocol) AS protocol, request_type, substring(request_resource, 1, 40) AS resource, response_code, response_exception, response_duration AS us FROM l7_flow_log WHERE type = 2 ORDER BY us DESC LIMIT 6"
+	@echo "== who talks to whom: pods, workloads and Services (names from the flow_tag dictionaries)"
 	@$(BIN)/flowscope query --clickhouse $(DEMO) --db flow_log --table \
-	  "SELECT dictGet('flow_tag.pod_map', 'name', toUInt64(pod_id_0)) AS client_pod, dictGet('flow_tag.pod_ns_map', 'name', toUInt64(pod_ns_id_1)) AS server_ns, dictGet('flow_tag.pod_group_map', 'name', toUInt64(pod_group_id_1)) AS server_workload, dictGet('flow_tag.pod_service_map', 'name', toUInt64(service_id_1)) AS service, server_port, count() AS flows, sum(l7_request) AS requests, sum(l7_client_error + l7_server_error) AS errors FROM l4_flow_log WHERE pod_id_1 != 0 AND protocol IN (6, 17) GROUP BY ALL ORDER BY flows DESC"
-	@echo "== per-server metrics, 1 minute (flow_metrics.network_map.1m)"
+	  "SELECT pod_0 AS client_pod, pod_ns_1 AS server_ns, pod_group_1 AS server_workload, pod_service_1 AS service, server_port, Count(row) AS flows, Sum(l7_request) AS requests, Sum(l7_error) AS errors FROM l4_flow_log WHERE exist(pod_1) AND protocol IN (6, 17) GROUP BY client_pod, server_ns, server_workload, service, server_port ORDER BY flows DESC"
+	@echo "== per-server metrics, 1 minute (flow_metrics.network_map)"
 	@$(BIN)/flowscope query --clickhouse $(DEMO) --db flow_metrics --data-precision 1m --table \
-	  "SELECT server_port, sum(new_flow) AS flows, sum(byte_tx) AS bytes_tx, sum(byte_rx) AS bytes_rx, round(sum(rtt_sum) / greatest(sum(rtt_count), 1)) AS avg_rtt_us, sum(retrans_rx) AS retrans, sum(server_reset + server_syn_miss) AS conn_failures FROM network_map GROUP BY server_port ORDER BY bytes_rx DESC LIMIT 6"
+	  "SELECT server_port, Sum(new_flow) AS flows, Sum(byte_tx) AS bytes_tx, Sum(byte_rx) AS bytes_rx, round(Avg(rtt)) AS avg_rtt_us, Sum(retrans_rx) AS retrans, Sum(server_reset) + Sum(server_syn_miss) AS conn_failures FROM network_map GROUP BY server_port ORDER BY bytes_rx DESC LIMIT 6"
 	@echo "== the same store over HTTP: flowscope up serves DeepFlow's POST /v1/query/ on 127.0.0.1:20416"
 	@$(BIN)/flowscope up --clickhouse $(DEMO) --listen 127.0.0.1:20416 & pid=$$!; \
 	  for i in $$(seq 1 50); do $(BIN)/python -c "import httpx; httpx.get('http://127.0.0.1:20416/v1/health/').raise_for_status()" 2>/dev/null && break; sleep 0.2; done; \
 	  $(BIN)/flowscope query --datasource http://127.0.0.1:20416 --db flow_metrics --data-precision 1m --table \
-	    "SELECT l7_protocol, sum(request) AS requests, sum(error) AS errors, round(sum(rrt_sum) / greatest(sum(rrt_count), 1)) AS avg_rrt_us FROM application_map GROUP BY l7_protocol ORDER BY requests DESC LIMIT 3"; \
+	    "SELECT Enum(l7_protocol) AS protocol, Sum(request) AS requests, Sum(error) AS errors, round(Avg(rrt)) AS avg_rrt_us FROM application_map GROUP BY l7_protocol ORDER BY requests DESC LIMIT 3"; \
 	  kill -TERM $$pid; wait $$pid 2>/dev/null; true
 
 # Debian packages the tests use (tshark: packet truth; iproute2/ethtool: live capture in namespaces).
@@ -67,6 +67,8 @@ bench: $(BIN)/flowscope
 	$(BIN)/python bench/flow_memory.py
 	$(BIN)/python bench/collector_l7.py
 	$(BIN)/python bench/tagging.py
+	$(BIN)/python bench/datasource.py
+	$(BIN)/python bench/dashboards.py
 
 clean:
 	rm -rf $(VENV) .flowscope .pytest_cache .ruff_cache *.egg-info

@@ -126,6 +126,9 @@ class Converter:
         if "~fin_tx" in data and "fin_count" in self.columns:
             fin = data["~fin_tx"].astype(np.uint64) + data["~fin_rx"].astype(np.uint64)
             self._put(cols, "fin_count", fin)
+        if "l7_client_error" in data and "l7_error" in self.columns and "l7_error" not in data:
+            err = data["l7_client_error"].astype(np.uint32) + data["l7_server_error"].astype(np.uint32)
+            self._put(cols, "l7_error", err)                  # datamodel §1e: client + server errors
         if "close_type" in data and "status" in self.columns:
             self._put(cols, "status", _STATUS_LUT[data["close_type"].astype(np.uint16) & 0xFF])
         for suffix in ("_0", "_1"):

@@ -1,5 +1,6 @@
-"""Run one checked query on a read-only ClickHouse client and shape DeepFlow's ``/v1/query/``
-envelope (``OPT_STATUS``, ``DESCRIPTION``, ``result.columns/values/schemas``, ``debug``).
+"""Run DeepFlow SQL (translated by datasource/dialect) or guarded plain ClickHouse SQL on a
+read-only ClickHouse client and shape DeepFlow's ``/v1/query/`` envelope (``OPT_STATUS``,
+``DESCRIPTION``, ``result.columns/values/schemas``, ``debug``).
 
 Shared by the HTTP API and ``flowscope query`` so both answer identically.
 """
@@ -15,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from datasource.dialect import DialectError, Translation, translate
 from datasource.guard import QueryRejected, QuerySyntaxError, check_and_resolve
 
 
@@ -68,8 +70,11 @@ def _value(v: Any) -> Any:
 
 
 class QueryEngine:
-    """Checks, translates and executes queries; one lock because a chDB session is not
-    meant for concurrent queries from several threads."""
+    """Translates and executes queries; one lock because a chDB session is not meant for concurrent
+    queries from several threads.
+
+    ``query``: DeepFlow SQL through the dialect (datasource/dialect); ``query_raw``: plain ClickHouse
+    SQL through the guard only (``flowscope query --raw``, ``simple_sql=true``)."""
 
     def __init__(self, client, limits: Limits | None = None) -> None:
         self.client = client
@@ -77,19 +82,62 @@ class QueryEngine:
         self._settings = self.limits.settings()
         self._lock = threading.Lock()
 
-    def translate(self, sql: str, db: str | None, data_precision: str | None = None) -> str:
-        return check_and_resolve(sql, db, data_precision)
+    def translate(self, sql: str, db: str | None, data_precision: str | None = None, *,
+                  language: str = "en") -> Translation:
+        return translate(sql, db, data_precision, language=language)
 
     def query(self, sql: str, db: str | None, data_precision: str | None = None, *,
-              debug: bool = False) -> tuple[int, dict]:
-        """(HTTP status, envelope) for one request."""
+              debug: bool = False, language: str = "en") -> tuple[int, dict]:
+        """(HTTP status, envelope) for one DeepFlow statement."""
         try:
-            ch_sql = self.translate(sql, db, data_precision)
+            tr = translate(sql, db, data_precision, language=language)
+        except DialectError as e:
+            return e.status, envelope(status=e.opt_status, description=str(e))
+        if tr.static is not None:
+            # rows copied: the translation (and its static rows) stays in the cache
+            columns, values, schemas = tr.static["columns"], [list(r) for r in tr.static["values"]], []
+        else:
+            columns, values, schemas = None, [], tr.schemas
+        queries: list[dict] = []
+        for ch_sql in tr.queries:
+            status, res = self._run(ch_sql, queries)
+            if status != 200:
+                return status, res
+            names, types, rows = res
+            if columns is None:
+                columns = names
+                schemas = [dict(s, value_type=s["value_type"] or t) for s, t in zip(schemas, types, strict=False)]
+            values += [[_value(v) for v in r] for r in rows]
+        result = {"columns": columns or [], "values": values or None, "schemas": schemas}
+        return 200, envelope(result, debug={"query_sqls": queries} if debug else None)
+
+    def query_raw(self, sql: str, db: str | None, data_precision: str | None = None, *,
+                  debug: bool = False) -> tuple[int, dict]:
+        """(HTTP status, envelope) for one plain ClickHouse SELECT, checked by the guard."""
+        try:
+            ch_sql = check_and_resolve(sql, db, data_precision)
         except QuerySyntaxError as e:
             return 500, envelope(status="FAIL", description=str(e))
         except QueryRejected as e:
             return 400, envelope(status="INVALID_POST_DATA", description=str(e))
+        queries: list[dict] = []
+        status, res = self._run(ch_sql, queries)
+        if status != 200:
+            return status, res
+        names, types, rows = res
+        result = {
+            "columns": names,
+            "values": [[_value(v) for v in r] for r in rows] if rows else None,
+            "schemas": [{"unit": "", "type": 0, "value_type": t, "pre_as": "", "label_type": ""} for t in types],
+        }
+        return 200, envelope(result, debug={"query_sqls": queries} if debug else None)
+
+    def _run(self, ch_sql: str, log: list[dict]):
+        """Execute one query: (200, (names, types, rows)) or (500, FAIL envelope); ``log`` gets the
+        debug entry either way."""
         t0 = time.perf_counter()
+        entry = {"IP": "", "Sql": ch_sql, "QueryTime": "", "QueryUUID": str(uuid.uuid4()), "Error": ""}
+        log.append(entry)
         try:
             with self._lock:
                 res = self.client.query(ch_sql, settings=self._settings)
@@ -99,18 +147,7 @@ class QueryEngine:
                     names, types = [r[0] for r in desc], [r[1] for r in desc]
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            dbg = {"query_sqls": [{"IP": "", "Sql": ch_sql, "QueryTime": f"{time.perf_counter() - t0:.9f}s",
-                                   "QueryUUID": str(uuid.uuid4()), "Error": msg}]}
-            return 500, envelope(status="FAIL", description=msg, debug=dbg)
-        elapsed = time.perf_counter() - t0
-        rows = res.result_rows
-        result = {
-            "columns": names,
-            "values": [[_value(v) for v in r] for r in rows] if rows else None,
-            "schemas": [{"unit": "", "type": 0, "value_type": t, "pre_as": "", "label_type": ""} for t in types],
-        }
-        dbg = None
-        if debug:
-            dbg = {"query_sqls": [{"IP": "", "Sql": ch_sql, "QueryTime": f"{elapsed:.9f}s",
-                                   "QueryUUID": str(uuid.uuid4()), "Error": ""}]}
-        return 200, envelope(result, debug=dbg)
+            entry.update(QueryTime=f"{time.perf_counter() - t0:.9f}s", Error=msg)
+            return 500, envelope(status="FAIL", description=msg, debug={"query_sqls": log})
+        entry["QueryTime"] = f"{time.perf_counter() - t0:.9f}s"
+        return 200, (names, types, res.result_rows)

@@ -1,4 +1,4 @@
-"""``flowscope`` command line: collect, query, up, db migrate.
+"""``flowscope`` command line: collect, query, serve, up, db migrate.
 
 This is the one place where objects are wired together from the configuration.
 """
@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dashboards.cli import app as dashboards_app
 from flowscope import config as config_mod
 from flowscope import storage
 
@@ -26,6 +27,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                        "queried with DeepFlow's SQL.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema commands.")
 app.add_typer(db_app, name="db")
+app.add_typer(dashboards_app, name="dashboards")
 # soft_wrap: an error stays one line when stderr is not a terminal (rich would wrap it at 80 columns)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -40,6 +42,14 @@ MetadataOpt = Annotated[str | None, typer.Option("--metadata", help="Metadata st
                                                  "($FLOWSCOPE_METADATA).")]
 KubeOpt = Annotated[list[str] | None, typer.Option("--kube", help="Watch a Kubernetes cluster: NAME (in-cluster "
                                                    "service account) or NAME=KUBECONFIG[@CONTEXT]; repeatable.")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="FLOWSCOPE_TOKEN", show_envvar=True,
+                                              help="Bearer token the datasource requires on every request "
+                                                   "but /healthz (else config datasource.token; none: open).")]
+SendTokenOpt = Annotated[str | None, typer.Option("--token", envvar="FLOWSCOPE_TOKEN", show_envvar=True,
+                                                  help="Bearer token to send to --datasource (else config "
+                                                       "datasource.token).")]
+ListenOpt = Annotated[str | None, typer.Option("--listen", help="Datasource address HOST:PORT "
+                                               "(default 127.0.0.1:20416, config datasource.listen).")]
 DEFAULT_LISTEN = "127.0.0.1:20416"
 
 
@@ -318,6 +328,40 @@ def _print_envelope(body: dict, as_table: bool) -> None:
     Console().print(tab)
 
 
+def _engine(cfg: config_mod.Config, client):
+    from datasource.engine import Limits, QueryEngine
+
+    ds = cfg.datasource
+    return QueryEngine(client, Limits(ds.max_execution_time_s, ds.max_result_rows, ds.max_memory_mb))
+
+
+def _token(token: str | None, cfg: config_mod.Config) -> str | None:
+    """--token / $FLOWSCOPE_TOKEN, else the config's datasource.token; empty means none."""
+    return token or cfg.datasource.token or None
+
+
+def _listen_address(listen: str | None, cfg: config_mod.Config) -> tuple[str, int]:
+    spec = listen or cfg.datasource.listen or DEFAULT_LISTEN
+    host, _, port = spec.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        err.print(f"[red]error:[/red] --listen: HOST:PORT expected, got {spec!r}")
+        raise typer.Exit(2)
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _run_query(engine, sql: str, db: str | None, precision: str | None, *, raw: bool, debug: bool) -> dict:
+    """What POST /v1/query/ answers, without HTTP: the input checks, then the dialect or raw path."""
+    from datasource.engine import envelope
+    from datasource.guard import QueryRejected, check_input
+
+    try:
+        check_input(sql)
+    except QueryRejected as e:
+        return envelope(status="INVALID_POST_DATA", description=str(e))
+    run = engine.query_raw if raw else engine.query
+    return run(sql, db, precision, debug=debug)[1]
+
+
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="The query.")],
@@ -327,8 +371,11 @@ def query(
     clickhouse: DsnOpt = None,
     datasource: Annotated[str | None, typer.Option("--datasource", help="Ask a running flowscope datasource "
                                                    "(e.g. http://127.0.0.1:20416) instead of opening the store.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="SQL is plain ClickHouse SQL (one guarded SELECT over "
+                                      "flowscope's tables), not DeepFlow SQL.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Include the ClickHouse SQL that ran.")] = False,
     table: Annotated[bool, typer.Option("--table", help="Print rows as a table instead of JSON.")] = False,
+    token: SendTokenOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run one query and print DeepFlow's /v1/query/ JSON envelope."""
@@ -344,13 +391,9 @@ def query(
                 err.print(f"[red]error:[/red] {e}")
                 raise typer.Exit(1) from e
     if datasource is not None:
-        body = _http_query(datasource, sql, db, data_precision, debug)
+        body = _http_query(datasource, sql, db, data_precision, debug, raw=raw, token=_token(token, cfg))
     else:
-        from datasource.engine import Limits, QueryEngine
-
-        ds = cfg.datasource
-        engine = QueryEngine(client, Limits(ds.max_execution_time_s, ds.max_result_rows, ds.max_memory_mb))
-        _, body = engine.query(sql, db, data_precision, debug=debug)
+        body = _run_query(_engine(cfg, client), sql, db, data_precision, raw=raw, debug=debug)
         client.close()
     _print_envelope(body, table)
     raise typer.Exit(0 if body.get("OPT_STATUS") == "SUCCESS" else 1)
@@ -360,21 +403,72 @@ def _datasource_up(listen: str) -> bool:
     import httpx
 
     try:
-        return httpx.get(f"http://{listen}/v1/health/", timeout=1.0).status_code == 200
+        return httpx.get(f"http://{listen}/healthz", timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
 
 
-def _http_query(url: str, sql: str, db: str | None, precision: str | None, debug: bool) -> dict:
+def _http_query(url: str, sql: str, db: str | None, precision: str | None, debug: bool, *, raw: bool = False,
+                token: str | None = None) -> dict:
     import httpx
 
     form = {"sql": sql, **({"db": db} if db else {}), **({"data_precision": precision} if precision else {})}
+    params = {**({"debug": "true"} if debug else {}), **({"simple_sql": "true"} if raw else {})}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.post(url.rstrip("/") + "/v1/query/" + ("?debug=true" if debug else ""), data=form, timeout=120)
+        r = httpx.post(url.rstrip("/") + "/v1/query/", params=params, data=form, headers=headers, timeout=120)
         return r.json()
     except (httpx.HTTPError, ValueError) as e:
         err.print(f"[red]error:[/red] datasource {url}: {e}")
         raise typer.Exit(1) from e
+
+
+def _extra_routes(cfg: config_mod.Config) -> list:
+    """Endpoints beyond the querier's: Grafana alert notifications (kept across restarts)."""
+    from datasource import alerts
+
+    return [*alerts.routes(alerts.AlertStore(cfg.datasource.alerts_path))]
+
+
+@app.command()
+def serve(
+    listen: ListenOpt = None,
+    clickhouse: DsnOpt = None,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the datasource HTTP API alone (read-only) on a store another process fills: DeepFlow's
+    /v1/query/, /v1/grafana/topology, /healthz, /metrics, /openapi.json."""
+    import uvicorn
+
+    from datasource.app import create_app
+
+    _setup_logging(verbose)
+    cfg = _load_config(config, clickhouse)
+    host, port = _listen_address(listen, cfg)
+    client = _connect(cfg)
+    try:
+        if not client.command("EXISTS TABLE flow_log.l4_flow_log"):
+            err.print("[yellow]warning:[/yellow] this store has no flowscope schema yet: queries fail until "
+                      "`flowscope db migrate` (or collect) creates it")
+        secret = _token(token, cfg)
+        web = create_app(_engine(cfg, client), token=secret, routes=_extra_routes(cfg))
+        server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level="warning"))
+        err.print(f"flowscope datasource on http://{host}:{port}/v1/query/"
+                  + ("  (bearer token required)" if secret else "") + "  (Ctrl-C stops)")
+        # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it
+        # found: this one notes it, so a requested stop exits 0 as `up` does.
+        stopped_by: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
+        server.run()
+        if not server.started:
+            raise typer.Exit(1)       # uvicorn logged why (address in use, permission)
+        if stopped_by:
+            err.print(f"{signal.Signals(stopped_by[0]).name}: stopped")
+    finally:
+        client.close()
 
 
 @app.command()
@@ -383,8 +477,9 @@ def up(
                                                         "(--iface); none: serve the store only")] = None,
     pcap: Annotated[bool, typer.Option("--pcap", help="Replay SOURCES (pcap files), then keep serving.")] = False,
     iface: Annotated[bool, typer.Option("--iface", help="Capture live on SOURCES (interface globs).")] = False,
-    listen: Annotated[str | None, typer.Option(help=f"Datasource address (default {DEFAULT_LISTEN}).")] = None,
+    listen: ListenOpt = None,
     clickhouse: DsnOpt = None,
+    token: TokenOpt = None,
     config: ConfigOpt = None,
     inventory: InventoryOpt = None,
     metadata: MetadataOpt = None,
@@ -396,19 +491,18 @@ def up(
 
     from collector.selfmetrics import prometheus_text
     from datasource.app import create_app
-    from datasource.engine import Limits, QueryEngine
 
     _setup_logging(verbose)
     cfg = _load_config(config, clickhouse)
     _apply_metadata_options(cfg, inventory, metadata, kube)
+    host, port = _listen_address(listen, cfg)
     source = live = None
     if sources or pcap or iface:
         source, live = _open_source(cfg, pcap, iface, sources or [])
     client = _connect(cfg)
     _migrate(client, cfg)
     qclient = _connect(cfg)
-    ds = cfg.datasource
-    engine = QueryEngine(qclient, Limits(ds.max_execution_time_s, ds.max_result_rows, ds.max_memory_mb))
+    engine = _engine(cfg, qclient)
     tagger, md = _open_metadata(cfg)
     col = _build_collector(cfg, client, bool(live), tagger)
     col.metadata_stats = md.stats if md is not None else None
@@ -418,13 +512,15 @@ def up(
         md.start_sync(lambda: storage.connect(cfg.clickhouse))
     stop = _stop_event()
     metrics = prometheus_text(col.snapshot)
-    web = create_app(engine, metrics=metrics, health=lambda: {"flows_active": col.table.nflows})
-    host, _, port = (listen or ds.listen or DEFAULT_LISTEN).rpartition(":")
-    server = uvicorn.Server(uvicorn.Config(web, host=host or "127.0.0.1", port=int(port), log_level="warning"))
+    secret = _token(token, cfg)
+    web = create_app(engine, metrics=metrics, health=lambda: {"flows_active": col.table.nflows}, token=secret,
+                     routes=_extra_routes(cfg))
+    server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level="warning"))
     server.install_signal_handlers = lambda: None
     web_thread = threading.Thread(target=server.run, name="flowscope-datasource", daemon=True)
     web_thread.start()
-    err.print(f"flowscope datasource on http://{host}:{port}/v1/query/  (Ctrl-C stops)")
+    err.print(f"flowscope datasource on http://{host}:{port}/v1/query/"
+              + ("  (bearer token required)" if secret else "") + "  (Ctrl-C stops)")
     t0 = time.monotonic()
     try:
         if source is not None:

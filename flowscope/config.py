@@ -84,6 +84,8 @@ class DatasourceConfig:
     max_execution_time_s: int = 30
     max_result_rows: int = 1_000_000
     max_memory_mb: int = 2048
+    token: str | None = None               # bearer token every request but /healthz must carry
+    alerts_path: str = ".flowscope/alerts.jsonl"   # Grafana notifications received on /v1/alerts/webhook
 
 
 @dataclass

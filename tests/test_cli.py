@@ -51,7 +51,8 @@ class Store:
         return flowscope(*command, "--clickhouse", self.dsn, "--config", str(self.config), *args, cwd=self.cwd)
 
     def query(self, sql: str, db: str, *args: str) -> list[list]:
-        p = self.run("query", args=("--db", db, *args, sql))
+        """Plain ClickHouse SQL (--raw): these tests check what was stored, not the DeepFlow dialect."""
+        p = self.run("query", args=("--raw", "--db", db, *args, sql))
         assert p.returncode == 0, p.stdout + p.stderr
         body = json.loads(p.stdout)
         assert body["OPT_STATUS"] == "SUCCESS"
@@ -112,15 +113,28 @@ def test_collect_fills_the_metrics_tables(filled, precision):
 
 def test_query_rejected_prints_the_envelope_and_exits_1(filled):
     store, _ = filled
-    p = store.run("query", args=("--db", "flow_log", "DROP TABLE l4_flow_log"))
+    p = store.run("query", args=("--raw", "--db", "flow_log", "DROP TABLE l4_flow_log"))
     assert p.returncode == 1
     assert json.loads(p.stdout) == {"OPT_STATUS": "INVALID_POST_DATA",
                                     "DESCRIPTION": "only SELECT is allowed, got DROP", "result": None, "debug": None}
 
 
+def test_query_raw_runs_guarded_clickhouse_sql(filled):
+    """--raw: plain ClickHouse SQL through the guard (what ?simple_sql=true runs over HTTP); the
+    default is DeepFlow SQL."""
+    store, _ = filled
+    rows = store.query("SELECT close_type, count() AS flows FROM flow_log.l4_flow_log GROUP BY close_type "
+                       "ORDER BY close_type", "flow_log")
+    assert rows == [[2, 2], [7, 1], [15, 3]]
+    p = store.run("query", args=("--raw", "--db", "flow_log", "SELECT name FROM system.users"))
+    assert p.returncode == 1
+    assert json.loads(p.stdout) == {"OPT_STATUS": "INVALID_POST_DATA", "DESCRIPTION": "database 'system' is not "
+                                    "queryable (known: flow_log, flow_metrics, flow_tag)", "result": None, "debug": None}
+
+
 def test_query_table_prints_rows(filled):
     store, _ = filled
-    p = store.run("query", args=("--db", "flow_log", "--table", "SELECT close_type, count() AS flows "
+    p = store.run("query", args=("--raw", "--db", "flow_log", "--table", "SELECT close_type, count() AS flows "
                                  "FROM l4_flow_log GROUP BY close_type ORDER BY close_type"))
     assert p.returncode == 0, p.stderr
     cells = [[c.strip() for c in re.split("[│┃]", line)[1:-1]] for line in p.stdout.splitlines()
@@ -216,7 +230,7 @@ def test_up_replays_serves_and_stops_on_sigterm(tmp_path: Path):
         _poll("/v1/health/", lambda: httpx.get(f"{url}/v1/health/", timeout=5).status_code == 200, proc, err)
 
         def flows():
-            r = httpx.post(f"{url}/v1/query/", timeout=30, data={
+            r = httpx.post(f"{url}/v1/query/?simple_sql=true", timeout=30, data={
                 "db": "flow_log", "sql": "SELECT close_type, count() FROM l4_flow_log GROUP BY close_type "
                                          "ORDER BY close_type"})
             values = r.json()["result"]["values"]
@@ -230,16 +244,16 @@ def test_up_replays_serves_and_stops_on_sigterm(tmp_path: Path):
         assert 'flowscope_rows_written_total{table="flow_log.l4_flow_log"} 5.0' in metrics.splitlines()
 
         sql = "SELECT count() FROM l4_flow_log"
-        over_http = flowscope("query", "--datasource", url, "--db", "flow_log", sql, cwd=tmp_path)
+        over_http = flowscope("query", "--datasource", url, "--raw", "--db", "flow_log", sql, cwd=tmp_path)
         assert over_http.returncode == 0 and json.loads(over_http.stdout)["result"]["values"] == [[5]]
 
         # The store is taken: opening it fails with the hint, unless the configured datasource answers.
-        locked = flowscope("query", "--clickhouse", store.dsn, "--config", str(idle_config), "--db", "flow_log", sql,
+        locked = flowscope("query", "--raw", "--clickhouse", store.dsn, "--config", str(idle_config), "--db", "flow_log", sql,
                            cwd=tmp_path)
         assert locked.returncode == 1 and locked.stdout == ""
         assert "another flowscope process probably owns this embedded store" in locked.stderr
         assert "--datasource" in locked.stderr and "Traceback" not in locked.stderr
-        fallback = flowscope("query", "--clickhouse", store.dsn, "--config", str(up_config), "--db", "flow_log", sql,
+        fallback = flowscope("query", "--raw", "--clickhouse", store.dsn, "--config", str(up_config), "--db", "flow_log", sql,
                              cwd=tmp_path)
         assert fallback.returncode == 0 and json.loads(fallback.stdout)["result"]["values"] == [[5]]
 

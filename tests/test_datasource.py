@@ -1,6 +1,7 @@
-"""The datasource: which SQL the guard lets through (and the ClickHouse SQL it becomes), and
-DeepFlow's ``POST /v1/query/`` answered by the real Starlette app over a store that the collector
-filled from committed pcaps."""
+"""The datasource: which plain ClickHouse SQL the guard lets through (``query_raw``, ``simple_sql=true``)
+and the ClickHouse SQL it becomes, and DeepFlow's ``POST /v1/query/`` (DeepFlow SQL through the
+dialect) answered by the real Starlette app over a store that the collector filled from committed
+pcaps. The dialect itself is specified in tests/test_dialect_*.py."""
 
 from __future__ import annotations
 
@@ -171,10 +172,22 @@ def test_allowed_queries_become_this_clickhouse_sql(sql, db, precision, ch_sql):
 @pytest.mark.parametrize(("sql", "db", "precision", "status", "message"), REJECTED, ids=[_id(c) for c in REJECTED])
 def test_rejected_queries_never_reach_clickhouse(sql, db, precision, status, message):
     """The guard answers before any client is touched (the engine here has none)."""
-    code, body = QueryEngine(client=None).query(sql, db, precision)
+    code, body = QueryEngine(client=None).query_raw(sql, db, precision)
     assert (code, body["OPT_STATUS"]) == (status, "INVALID_POST_DATA" if status == 400 else "FAIL")
     assert message in body["DESCRIPTION"]
     assert body["result"] is None and body["debug"] is None
+
+
+@pytest.mark.parametrize(("sql", "db", "precision", "status", "message"), REJECTED, ids=[_id(c) for c in REJECTED])
+def test_the_dialect_refuses_them_too(sql, db, precision, status, message):
+    """None of them is DeepFlow SQL either: the dialect refuses each before any client is touched
+    (SHOW TABLES is DeepFlow's own statement, answered from the catalogue)."""
+    code, body = QueryEngine(client=None).query(sql, db, precision)
+    if sql == "SHOW TABLES":
+        assert (code, body["result"]["values"]) == (200, [["l4_flow_log", None], ["l7_flow_log", None]])
+        return
+    assert code in (400, 500) and body["OPT_STATUS"] in ("INVALID_POST_DATA", "FAIL")
+    assert body["result"] is None and body["DESCRIPTION"]
 
 
 # -- the HTTP API on a filled store --------------------------------------------------------------------
@@ -205,9 +218,12 @@ def api(store):
     return TestClient(create_app(QueryEngine(store)))
 
 
-def _post(api, sql: str, db: str | None = "flow_log", precision: str | None = None, *, debug: bool = False):
+def _post(api, sql: str, db: str | None = "flow_log", precision: str | None = None, *, debug: bool = False,
+          raw: bool = False):
+    """POST /v1/query/: DeepFlow SQL, or plain ClickHouse SQL with ``raw`` (``simple_sql=true``)."""
     form = {"sql": sql, **({"db": db} if db else {}), **({"data_precision": precision} if precision else {})}
-    r = api.post("/v1/query/" + ("?debug=true" if debug else ""), data=form)
+    params = "&".join(p for p, on in (("debug=true", debug), ("simple_sql=true", raw)) if on)
+    r = api.post("/v1/query/" + (f"?{params}" if params else ""), data=form)
     return r.status_code, r.json()
 
 
@@ -223,25 +239,32 @@ def _conversations(name: str) -> list[dict]:
 
 def test_success_envelope(api):
     """DeepFlow's envelope, field for field: clients (Grafana plugin, deepflow-app) parse it."""
-    status, body = _post(api, "SELECT count() AS flows, min(client_port) FROM l4_flow_log")
+    status, body = _post(api, "SELECT Count(row) AS flows, Min(client_port), Sum(byte) FROM l4_flow_log")
     assert status == 200
     flows = sum(len(_conversations(n)) for n in PCAPS)
     lowest = min(c["a_port"] for n in PCAPS for c in _conversations(n))      # A is always the client here
+    wire = sum(c["bytes_ab"] + c["bytes_ba"] for n in PCAPS for c in _conversations(n))
     assert body == {
         "OPT_STATUS": "SUCCESS", "DESCRIPTION": "",
-        "result": {"columns": ["flows", "min(client_port)"], "values": [[flows, lowest]],
-                   "schemas": [{"unit": "", "type": 0, "value_type": "UInt64", "pre_as": "", "label_type": ""},
-                               {"unit": "", "type": 0, "value_type": "UInt16", "pre_as": "", "label_type": ""}]},
+        "result": {"columns": ["flows", "Min(client_port)", "Sum(byte)"], "values": [[flows, lowest, wire]],
+                   "schemas": [{"unit": "", "type": 1, "value_type": "UInt64", "pre_as": "Count(row)", "label_type": ""},
+                               {"unit": "", "type": 1, "value_type": "UInt16", "pre_as": "", "label_type": ""},
+                               {"unit": "Byte", "type": 1, "value_type": "UInt64", "pre_as": "", "label_type": ""}]},
         "debug": None,
     }
+    status, raw = _post(api, "SELECT count() AS flows, min(client_port) FROM l4_flow_log", raw=True)
+    assert status == 200 and raw["result"] == {
+        "columns": ["flows", "min(client_port)"], "values": [[flows, lowest]],
+        "schemas": [{"unit": "", "type": 0, "value_type": "UInt64", "pre_as": "", "label_type": ""},
+                    {"unit": "", "type": 0, "value_type": "UInt16", "pre_as": "", "label_type": ""}]}
 
 
 def test_debug_shows_the_clickhouse_sql(api):
     """?debug=true shows what the DeepFlow SQL became, as DeepFlow's querier does."""
-    status, body = _post(api, "SELECT sum(packet_tx) AS p FROM network", "flow_metrics", "1s", debug=True)
+    status, body = _post(api, "SELECT Sum(packet_tx) AS p FROM network", "flow_metrics", "1s", debug=True)
     assert status == 200
     [q] = body["debug"]["query_sqls"]
-    assert q["Sql"] == 'SELECT sum(packet_tx) AS p FROM flow_metrics."network.1s"'
+    assert q["Sql"] == 'SELECT sum(packet_tx) AS "p" FROM flow_metrics."network.1s" LIMIT 10000'
     assert q["Error"] == "" and q["QueryTime"].endswith("s")
     uuid.UUID(q["QueryUUID"])
 
@@ -256,17 +279,20 @@ def test_every_conversation_is_one_flow(api):
 def test_tcp_rst_close_types(api):
     """tcp_rst.pcap: three connections to a closed port (server reset, 15) and two reset by the server
     mid-transfer (TCP server RST, 2); both are server errors (status 3)."""
-    rows = _values(api, "SELECT close_type, status, count() FROM l4_flow_log WHERE is_ipv4 = 1 "
+    rows = _values(api, "SELECT close_type, status, Count(row) FROM l4_flow_log WHERE is_ipv4 = 1 "
                         "GROUP BY close_type, status ORDER BY close_type")
     assert rows == [[2, 3, 2], [15, 3, 3]]
+    named = _values(api, "SELECT Enum(close_type), Enum(status), Count(row) FROM l4_flow_log WHERE is_ipv4 = 1 "
+                         "GROUP BY close_type, status ORDER BY close_type")
+    assert named == [["Transfer – Server RST", "Server Error", 2], ["Est. – Server RST", "Server Error", 3]]
 
 
 def test_packets_and_bytes_of_the_biggest_ipv6_conversation(api):
     c = max((c for c in _conversations("ipv6") if c["proto"] == "tcp"), key=lambda c: c["frames_ab"] + c["frames_ba"])
-    rows = _values(api, "SELECT ip6_0, client_port, ip6_1, server_port, sum(packet_tx), sum(packet_rx), "
-                        "sum(byte_tx), sum(byte_rx) FROM l4_flow_log "
+    rows = _values(api, "SELECT ip_0, client_port, ip_1, server_port, Sum(packet_tx), Sum(packet_rx), "
+                        "Sum(byte_tx), Sum(byte_rx) FROM l4_flow_log "
                         f"WHERE client_port = {c['a_port']} AND server_port = {c['b_port']} "
-                        "GROUP BY ip6_0, client_port, ip6_1, server_port")
+                        "GROUP BY ip_0, client_port, ip_1, server_port")
     assert rows == [[c["a"], c["a_port"], c["b"], c["b_port"], c["frames_ab"], c["frames_ba"],
                      c["bytes_ab"], c["bytes_ba"]]]
 
@@ -280,11 +306,14 @@ def _first_packet_us(name: str) -> int:
 
 def test_times_are_rfc3339_utc_with_microseconds(api):
     """DateTime64(6) leaves the API as an RFC 3339 string with its UTC offset, exact to the µs of the
-    first packet (the offset is the host's time zone; the instant is what matters)."""
-    [[start, time_s]] = _values(api, "SELECT min(start_time), min(time) FROM l4_flow_log WHERE is_ipv4 = 1")
+    first packet (the offset is the host's time zone; the instant is what matters). Min(time) is
+    epoch seconds, as DeepFlow answers Max/Min of time."""
+    [[start, time_s]] = _values(api, "SELECT Min(start_time), Min(time) FROM l4_flow_log WHERE is_ipv4 = 1")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)", start), start
     first = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=_first_packet_us("tcp_rst"))
     assert dt.datetime.fromisoformat(start) == first
+    assert time_s == _first_packet_us("tcp_rst") // 1_000_000
+    [[time_s]] = _values(api, "SELECT time FROM l4_flow_log WHERE is_ipv4 = 1 ORDER BY time LIMIT 1")
     assert dt.datetime.fromisoformat(time_s) == first.replace(microsecond=0)
 
 
@@ -294,18 +323,17 @@ def test_metrics_tables_hold_every_packet(api, precision):
     packets tshark counted; single-side rows all belong to the capturing host 10.99.0.2 / fd00:99::2."""
     packets = {n: (sum(c["frames_ab"] for c in _conversations(n)), sum(c["frames_ba"] for c in _conversations(n)))
                for n in PCAPS}
-    want = [packets["tcp_rst"][0], packets["tcp_rst"][1], packets["ipv6"][0], packets["ipv6"][1]]
-    by_version = "sum(if(is_ipv4, packet_tx, 0)), sum(if(is_ipv4, packet_rx, 0)), " \
-                 "sum(if(is_ipv4, 0, packet_tx)), sum(if(is_ipv4, 0, packet_rx))"
-    assert _values(api, f"SELECT {by_version} FROM network_map", "flow_metrics", precision) == [want]
-    assert _values(api, f"SELECT {by_version} FROM network", "flow_metrics", precision) == [want]
-    ends = _values(api, "SELECT DISTINCT if(is_ipv4, IPv4NumToString(ip4), IPv6NumToString(ip6)) AS ip, role "
-                        "FROM network ORDER BY ip", "flow_metrics", precision)
-    assert ends == [["10.99.0.2", 0], ["fd00:99::2", 0]]
+    want = [[1, *packets["tcp_rst"]], [0, *packets["ipv6"]]]
+    by_version = "SELECT is_ipv4, Sum(packet_tx), Sum(packet_rx) FROM {} GROUP BY is_ipv4 ORDER BY is_ipv4 DESC"
+    assert _values(api, by_version.format("network_map"), "flow_metrics", precision) == want
+    assert _values(api, by_version.format("network"), "flow_metrics", precision) == want
+    ends = _values(api, "SELECT ip, role, Enum(role) FROM network GROUP BY ip, role ORDER BY ip", "flow_metrics",
+                   precision)
+    assert ends == [["10.99.0.2", 0, "Client"], ["fd00:99::2", 0, "Client"]]
 
 
 def test_form_and_json_bodies_answer_the_same(api):
-    sql = "SELECT sum(packet_rx) AS rx FROM network_map"
+    sql = "SELECT Sum(packet_rx) AS rx FROM network_map"
     form = api.post("/v1/query/", data={"db": "flow_metrics", "sql": sql, "data_precision": "1s"})
     body = api.post("/v1/query/", json={"db": "flow_metrics", "sql": sql, "data_precision": "1s"})
     no_slash = api.post("/v1/query", data={"db": "flow_metrics", "sql": sql, "data_precision": "1s"})
@@ -325,7 +353,7 @@ def test_no_rows_gives_null_values_but_keeps_the_columns(api):
 @pytest.mark.parametrize(("sql", "db", "precision", "status", "message"),
                          [c for c in REJECTED if c[0].strip()], ids=[_id(c) for c in REJECTED if c[0].strip()])
 def test_rejected_over_http(api, sql, db, precision, status, message):
-    code, body = _post(api, sql, db, precision)
+    code, body = _post(api, sql, db, precision, raw=True)
     assert code == status
     assert body["OPT_STATUS"] == ("INVALID_POST_DATA" if status == 400 else "FAIL")
     assert message in body["DESCRIPTION"]
@@ -341,8 +369,12 @@ def test_missing_sql_is_a_bad_request(api, form):
 
 
 def test_clickhouse_errors_are_500_fail_with_the_sql(api):
-    """The guard passes it, ClickHouse refuses it: the message and the SQL that ran come back."""
+    """The guard passes it, ClickHouse refuses it: the message and the SQL that ran come back. (The
+    dialect knows the columns and refuses it first, naming the token.)"""
     status, body = _post(api, "SELECT nosuch_column FROM l4_flow_log")
+    assert (status, body["OPT_STATUS"]) == (500, "FAIL")
+    assert body["DESCRIPTION"] == "unknown tag or metric: nosuch_column at position 8"
+    status, body = _post(api, "SELECT nosuch_column FROM l4_flow_log", raw=True)
     assert status == 500 and body["OPT_STATUS"] == "FAIL" and body["result"] is None
     assert "nosuch_column" in body["DESCRIPTION"] and "UNKNOWN_IDENTIFIER" in body["DESCRIPTION"]
     [q] = body["debug"]["query_sqls"]
@@ -355,12 +387,12 @@ def test_clickhouse_itself_refuses_writes(store, store_dsn):
     client = connect(store_dsn)      # a second session on the same store
     try:
         engine = QueryEngine(client)
-        [[before]] = engine.query("SELECT count() FROM l4_flow_log", "flow_log")[1]["result"]["values"]
+        [[before]] = engine.query("SELECT Count(row) FROM l4_flow_log", "flow_log")[1]["result"]["values"]
         for statement in ("INSERT INTO flow_log.l4_flow_log (flow_id) VALUES (1)",
                           "TRUNCATE TABLE flow_log.l4_flow_log", "DROP TABLE flow_log.l4_flow_log"):
             with pytest.raises(Exception, match="readonly"):
                 engine.client.query(statement, settings=engine.limits.settings())
-        status, body = engine.query("SELECT count() FROM l4_flow_log", "flow_log")
+        status, body = engine.query("SELECT Count(row) FROM l4_flow_log", "flow_log")
         assert status == 200 and body["result"]["values"] == [[before]]
     finally:
         client.close()
@@ -385,5 +417,6 @@ def test_health_and_metrics_endpoints(store):
                                 health=lambda: {"flows_active": 0}))
     assert api.get("/v1/health/").json() == {"status": "ok", "flows_active": 0}
     r = api.get("/metrics")
-    assert r.status_code == 200 and r.text == "flowscope_packets_total 22.0\n"
+    # the collector's metrics follow the datasource's own (tests/test_api.py checks those)
+    assert r.status_code == 200 and r.text.endswith("\nflowscope_packets_total 22.0\n")
     assert r.headers["content-type"].startswith("text/plain")

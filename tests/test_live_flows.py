@@ -22,7 +22,7 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("FLOWSCOPE_CLICKHOUSE", 
 
 
 def _query(dsn: str, db: str, sql: str, *args: str) -> list[list]:
-    p = subprocess.run([str(FLOWSCOPE), "query", "--clickhouse", dsn, "--db", db, *args, sql],
+    p = subprocess.run([str(FLOWSCOPE), "query", "--raw", "--clickhouse", dsn, "--db", db, *args, sql],
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     return json.loads(p.stdout)["result"]["values"] or []

@@ -100,6 +100,9 @@ def test_requests_carry_the_same_tags(pods_store: Path) -> None:
     assert len(got) == 8 and sorted(r["response_code"] for r in got) == [200] * 7 + [404]
     assert {(r["pod_0"], r["ns_0"], r["pod_1"], r["ns_1"], r["service_1"]) for r in got} == {
         ("web-a", "shop", "api", "payments", "api")}
+    flows = rows(pods_store, "SELECT sum(l7_request) AS req, sum(l7_client_error) AS ce, sum(l7_error) AS e "
+                             "FROM flow_log.l4_flow_log WHERE server_port = 8080")
+    assert flows == [{"req": 8, "ce": 1, "e": 1}]          # l7_error = client + server errors (§1e)
 
 
 def test_application_and_network_metrics_are_tagged(pods_store: Path) -> None:

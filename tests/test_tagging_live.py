@@ -43,7 +43,7 @@ def capture(netpair: NetPair, tmp: Path, iface: str, inventory: dict) -> list[li
            "dictGet('flow_tag.pod_node_map', 'name', toUInt64(pod_node_id_0)), "
            "dictGet('flow_tag.chost_map', 'name', toUInt64(l3_device_id_1)), count() "
            "FROM l4_flow_log WHERE protocol = 6 GROUP BY 1, 2, 3, 4, 5")
-    p = subprocess.run([str(FLOWSCOPE), "query", "--clickhouse", dsn, "--db", "flow_log", sql],
+    p = subprocess.run([str(FLOWSCOPE), "query", "--raw", "--clickhouse", dsn, "--db", "flow_log", sql],
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     return json.loads(p.stdout)["result"]["values"]
