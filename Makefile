@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := chdb://$(CURDIR)/.flowscope/demo
 DEMO_METADATA := sqlite:///$(CURDIR)/.flowscope/demo-metadata.db
-DEB_TEST_PACKAGES := python3-venv iproute2 ethtool tshark mariadb-server
+DEB_TEST_PACKAGES := python3-venv iproute2 ethtool tshark mariadb-server python3-bpfcc bpfcc-tools linux-headers-amd64
 export DEBIAN_FRONTEND := noninteractive
 # rich tables in the demo: wide enough not to cut cells
 export COLUMNS ?= 150
@@ -52,6 +52,15 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "make test needs root to install:$$missing"; exit 1; fi; \
 	  echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# bcc (eBPF tests, --ebpf): tracefs mounted, and a kernel-headers path for the running kernel
+	@# (Debian's newest amd64 headers: they only let bcc compile; the tracer reads no kernel struct).
+	@if [ "$$(id -u)" = 0 ]; then \
+	  mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true; \
+	  K=$$(uname -r); H=$$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1); \
+	  if [ -n "$$H" ] && [ ! -e /lib/modules/$$K/build ]; then \
+	    mkdir -p /lib/modules/$$K && ln -sfn $$H /lib/modules/$$K/build && ln -sfn $${H%-amd64}-common /lib/modules/$$K/source; \
+	  fi; \
 	fi
 
 test: deps $(BIN)/flowscope

@@ -48,6 +48,13 @@ TokenOpt = Annotated[str | None, typer.Option("--token", envvar="FLOWSCOPE_TOKEN
 SendTokenOpt = Annotated[str | None, typer.Option("--token", envvar="FLOWSCOPE_TOKEN", show_envvar=True,
                                                   help="Bearer token to send to --datasource (else config "
                                                        "datasource.token).")]
+EbpfOpt = Annotated[bool, typer.Option("--ebpf", help="Also trace sockets with eBPF (syscall tracepoints; "
+                                        "needs root and bcc): L7 rows at observation points c-p / s-p. "
+                                        "Without SOURCES: eBPF only, until SIGINT/SIGTERM.")]
+PidOpt = Annotated[list[int] | None, typer.Option("--pid", help="--ebpf: trace only these process ids "
+                                                  "(repeatable).")]
+CommOpt = Annotated[str | None, typer.Option("--comm", help="--ebpf: trace only processes whose name "
+                                             "(comm) starts with this.")]
 ListenOpt = Annotated[str | None, typer.Option("--listen", help="Datasource address HOST:PORT "
                                                "(default 127.0.0.1:20416, config datasource.listen).")]
 DEFAULT_LISTEN = "127.0.0.1:20416"
@@ -171,6 +178,18 @@ def _open_source(cfg: config_mod.Config, pcap: bool, iface: bool, sources: list[
         raise typer.Exit(1) from e
 
 
+def _start_ebpf(cfg: config_mod.Config, col, pids: list[int] | None, comm: str | None):
+    """The eBPF tracer beside the collector, writing through its writer; it degrades (one log
+    line, a counter) when eBPF is unavailable. Returns the EbpfCollector (started or not)."""
+    from collector.ebpf import EbpfCollector
+
+    tracer = EbpfCollector(col.writer, pids=pids, comm=comm, agent_id=cfg.agent_id, tagger=col.tagger,
+                           detector=col.detector, flush_interval_s=cfg.writer.flush_interval_s)
+    if tracer.start():      # else it logs "eBPF tracing disabled: <reason>" itself
+        err.print(f"eBPF socket tracer attached{tracer._filter_text()}")
+    return tracer
+
+
 def _build_collector(cfg: config_mod.Config, client, live: bool, tagger=None):
     from collector.pipeline import Collector, spool_dir, tune_gc
     from collector.writer import Writer
@@ -230,6 +249,9 @@ def collect(
     inventory: InventoryOpt = None,
     metadata: MetadataOpt = None,
     kube: KubeOpt = None,
+    ebpf: EbpfOpt = False,
+    pid: PidOpt = None,
+    comm: CommOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Capture or replay packets into flow logs, request logs and metrics."""
@@ -246,6 +268,9 @@ def collect(
             raise typer.Exit(2)
         _collect_workers(cfg, sources or [], workers)
         return
+    if ebpf and not (sources or pcap or iface):
+        _collect_ebpf_only(cfg, pid, comm)
+        return
     source, live = _open_source(cfg, pcap, iface, sources or [])
     client = _connect(cfg)
     _migrate(client, cfg)
@@ -260,15 +285,40 @@ def collect(
             md.start_sync(lambda: storage.connect(cfg.clickhouse))
     if live:
         _print_capturing(source.nics.values())
+    tracer = _start_ebpf(cfg, col, pid, comm) if ebpf else None
     t0 = time.monotonic()
     try:
         col.run(source, stop, now_us=getattr(source, "now_us", None))
     finally:
         source.close()
+        if tracer is not None:
+            tracer.stop()
         col.writer.close()
         if md is not None:
             md.close()
     _print_summary(col.snapshot(), time.monotonic() - t0, md)
+
+
+def _collect_ebpf_only(cfg: config_mod.Config, pids: list[int] | None, comm: str | None) -> None:
+    """`collect --ebpf` without packet sources: trace sockets until SIGINT/SIGTERM."""
+    client = _connect(cfg)
+    _migrate(client, cfg)
+    tagger, md = _open_metadata(cfg)
+    col = _build_collector(cfg, client, True, tagger)
+    stop = _stop_event()
+    tracer = _start_ebpf(cfg, col, pids, comm)
+    try:
+        if tracer.tracer is not None:
+            while not stop.is_set():
+                stop.wait(0.5)
+    finally:
+        tracer.stop()
+        col.writer.close()
+        if md is not None:
+            md.close()
+    err.print(f"eBPF: {tracer.snapshot()}")
+    if tracer.error:
+        raise typer.Exit(1)
 
 
 def _print_capturing(nics) -> None:
@@ -423,11 +473,15 @@ def _http_query(url: str, sql: str, db: str | None, precision: str | None, debug
         raise typer.Exit(1) from e
 
 
-def _extra_routes(cfg: config_mod.Config) -> list:
-    """Endpoints beyond the querier's: Grafana alert notifications (kept across restarts)."""
-    from datasource import alerts
+def _extra_routes(cfg: config_mod.Config, engine, otlp_sink=None) -> list:
+    """Endpoints beyond the querier's: Grafana alert notifications (kept across restarts), trace
+    assembly (DeepFlow's L7FlowTracing, the Jaeger API under /jaeger) and OTLP/HTTP span ingest
+    (``otlp_sink``: where spans are written; without one, /v1/traces answers 503)."""
+    from datasource import alerts, jaeger, otlp, tracing
 
-    return [*alerts.routes(alerts.AlertStore(cfg.datasource.alerts_path))]
+    deps = tracing.Deps(engine=engine, otlp=otlp_sink)
+    return [*alerts.routes(alerts.AlertStore(cfg.datasource.alerts_path)),
+            *tracing.routes(deps), *jaeger.routes(deps), *otlp.routes(deps)]
 
 
 @app.command()
@@ -453,7 +507,8 @@ def serve(
             err.print("[yellow]warning:[/yellow] this store has no flowscope schema yet: queries fail until "
                       "`flowscope db migrate` (or collect) creates it")
         secret = _token(token, cfg)
-        web = create_app(_engine(cfg, client), token=secret, routes=_extra_routes(cfg))
+        engine = _engine(cfg, client)
+        web = create_app(engine, token=secret, routes=_extra_routes(cfg, engine))
         server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level="warning"))
         err.print(f"flowscope datasource on http://{host}:{port}/v1/query/"
                   + ("  (bearer token required)" if secret else "") + "  (Ctrl-C stops)")
@@ -484,6 +539,9 @@ def up(
     inventory: InventoryOpt = None,
     metadata: MetadataOpt = None,
     kube: KubeOpt = None,
+    ebpf: EbpfOpt = False,
+    pid: PidOpt = None,
+    comm: CommOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Embedded all-in-one: capture or replay + store + datasource HTTP API, in one process."""
@@ -513,14 +571,17 @@ def up(
     stop = _stop_event()
     metrics = prometheus_text(col.snapshot)
     secret = _token(token, cfg)
+    from datasource.otlp import OtlpSink
+
     web = create_app(engine, metrics=metrics, health=lambda: {"flows_active": col.table.nflows}, token=secret,
-                     routes=_extra_routes(cfg))
+                     routes=_extra_routes(cfg, engine, OtlpSink(col.writer, col.tagger, cfg.agent_id)))
     server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level="warning"))
     server.install_signal_handlers = lambda: None
     web_thread = threading.Thread(target=server.run, name="flowscope-datasource", daemon=True)
     web_thread.start()
     err.print(f"flowscope datasource on http://{host}:{port}/v1/query/"
               + ("  (bearer token required)" if secret else "") + "  (Ctrl-C stops)")
+    tracer = _start_ebpf(cfg, col, pid, comm) if ebpf else None
     t0 = time.monotonic()
     try:
         if source is not None:
@@ -534,6 +595,8 @@ def up(
     finally:
         server.should_exit = True
         web_thread.join(5)
+        if tracer is not None:
+            tracer.stop()
         col.writer.close()
         if md is not None:
             md.close()

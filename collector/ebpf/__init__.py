@@ -1,0 +1,117 @@
+"""eBPF socket tracing beside (or instead of) packet capture: ``EbpfCollector`` runs the tracer
+on its own thread and writes its ``l7_flow_log`` rows through the collector's writer.
+
+Degrade, don't die: when bcc, root or the kernel say no, ``start`` logs one line, counts it in
+``stats`` and returns False; packet capture is not affected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+
+log = logging.getLogger("flowscope.ebpf")
+
+L7_TABLE = "flow_log.l7_flow_log"
+
+
+class EbpfCollector:
+    def __init__(self, writer, *, pids: list[int] | None = None, comm: str | None = None, agent_id: int = 0,
+                 tagger=None, detector=None, flush_interval_s: float = 1.0) -> None:
+        self.writer = writer
+        self.pids, self.comm = pids, comm
+        self.agent_id, self.tagger, self.detector = agent_id, tagger, detector
+        self.flush_interval_s = flush_interval_s
+        self.stats: Counter[str] = Counter()
+        self.tracer = self.sessions = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error = ""
+
+    def start(self) -> bool:
+        """Load and attach; False (logged, counted) when eBPF is unavailable."""
+        from collector.ebpf.sessions import EbpfSessions
+        from collector.ebpf.tracer import EbpfUnavailable, Tracer
+
+        sessions = None
+        try:
+            self.tracer = Tracer(lambda e: sessions.handle(e), pids=self.pids, comm=self.comm)
+        except EbpfUnavailable as e:
+            self.error = str(e)
+            self.stats["ebpf unavailable"] += 1
+            log.warning("eBPF tracing disabled: %s (packet capture continues)", e)
+            return False
+        except Exception as e:  # anything else from bcc: same degradation
+            self.error = f"{type(e).__name__}: {e}"
+            self.stats["ebpf unavailable"] += 1
+            log.warning("eBPF tracing disabled: %s (packet capture continues)", self.error)
+            return False
+        sessions = self.sessions = EbpfSessions(self.tracer.classify, detector=self.detector,
+                                                agent_id=self.agent_id, tagger=self.tagger)
+        self._thread = threading.Thread(target=self._run, name="flowscope-ebpf", daemon=True)
+        self._thread.start()
+        log.info("eBPF socket tracer attached%s", self._filter_text())
+        return True
+
+    def _filter_text(self) -> str:
+        parts = ([f"pid {','.join(map(str, self.pids))}"] if self.pids else []) + (
+            [f"comm {self.comm}"] if self.comm else [])
+        return f" ({'; '.join(parts)})" if parts else " (all processes)"
+
+    def _run(self) -> None:
+        last_flush = last_expire = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.tracer.poll(100)
+            except Exception as e:  # one bad event must not end tracing
+                self.stats["event errors"] += 1
+                log.debug("eBPF event: %s", e, exc_info=True)
+            now = time.monotonic()
+            if now - last_expire >= 5:
+                last_expire = now
+                self.sessions.expire()
+            if now - last_flush >= self.flush_interval_s:
+                last_flush = now
+                self.flush()
+        # drain what the kernel queued, then every pending request
+        for _ in range(3):
+            self.tracer.poll(0)
+        self.sessions.close_all()
+        self.flush()
+
+    def flush(self) -> None:
+        from collector.ebpf.sessions import COLUMNS
+        from collector.writer import RowBatch
+
+        if self.sessions is None:
+            return
+        rows = self.sessions.take_rows()
+        if rows:
+            self.writer.put(L7_TABLE, RowBatch(COLUMNS, rows))
+            self.stats["rows"] += len(rows)
+
+    def stop(self) -> None:
+        """Detach after writing everything pending (the caller flushes/closes the writer)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
+
+    def snapshot(self) -> dict:
+        out = dict(self.stats)
+        if self.sessions is not None:
+            out.update(self.sessions.stats)
+            out["sockets tracked"] = len(self.sessions.socks)
+        if self.tracer is not None:
+            out.update(self.tracer.stats)
+            with contextlib.suppress(Exception):
+                out.update(self.tracer.kernel_counters())
+        if self.error:
+            out["error"] = self.error
+        return out

@@ -1,0 +1,294 @@
+"""Socket data events → L7 messages (the packet path's parsers) → ``l7_flow_log`` rows.
+
+Each traced process's socket is one flow seen from that process: a client's socket gives rows at
+observation point ``c-p``, a server's at ``s-p`` (a loopback call traced on both ends gives one
+row per side). Rows use the packet path's record layout (``collector.flow.report.l7_record``)
+with ``signal_source`` = 3 (eBPF) and the process columns appended (``EBPF_COLUMNS``).
+
+``syscall_trace_id``: per thread, an ingress that follows an egress (or nothing) starts a new id;
+the egresses after it share it, so a server's inbound request and the outbound calls (and the
+response) its thread makes next carry the same id, as in DeepFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+
+from collector.ebpf.tracer import ACCEPT, CLOSE, CONNECT, EGRESS, ProcNet, SockInfo, fd_inode, parse_sockaddr
+from collector.flow.report import L7_COLUMNS, l7_record
+from collector.l7.base import MASK32, REQUEST, RESPONSE, GiveUp
+from collector.l7.registry import MAX_ATTEMPTS, Detector
+from collector.l7.session import Sessions
+
+log = logging.getLogger("flowscope.ebpf")
+
+SIGNAL_EBPF = 3
+EBPF_COLUMNS = ("process_id_0", "process_id_1", "process_kname_0", "process_kname_1", "syscall_thread_0",
+                "syscall_thread_1", "syscall_trace_id_request", "syscall_trace_id_response",
+                "syscall_cap_seq_0", "syscall_cap_seq_1")
+COLUMNS = L7_COLUMNS + EBPF_COLUMNS
+MAX_SOCKETS = 65536
+NO_META = (0, 0, 0)
+
+
+class SockState:
+    __slots__ = ("comm", "dead", "fd", "flow", "info", "is_client", "last_dir", "meta", "nsys", "parser", "protocol",
+                 "run_meta", "seq", "sessions", "tgid", "tries")
+
+    def __init__(self, tgid: int, comm: str, info: SockInfo | None) -> None:
+        self.tgid, self.comm, self.info = tgid, comm, info
+        self.fd = -1
+        self.dead = info is None          # not TCP (unix socket …) or its protocol was not found
+        self.parser = self.sessions = self.flow = None
+        self.protocol = 0
+        self.is_client = True
+        self.tries = 0
+        self.seq = [0, 0]
+        self.last_dir = -1
+        self.run_meta = [NO_META, NO_META]
+        self.meta: dict[int, tuple] = {}
+        self.nsys = 0
+
+
+class EbpfSessions:
+    """Owns per-socket parser state and per-thread trace ids; ``handle`` takes tracer events,
+    ``take_rows`` hands the finished rows (``COLUMNS`` layout)."""
+
+    def __init__(self, classify, *, detector: Detector | None = None, agent_id: int = 0, tagger=None,
+                 procnet: ProcNet | None = None) -> None:
+        self.classify = classify              # (tgid, fd) → socket inode, 0 not a socket, None gone
+        self.detector = detector or Detector()
+        self.agent_id = agent_id
+        self.tagger = tagger
+        self.procnet = procnet or ProcNet()
+        self.socks: dict[tuple[int, int], SockState] = {}
+        self.threads: dict[int, list] = {}
+        self.connects: dict[tuple, deque] = {}   # server (addr, port) → client sockets missing their local end    # tid → [last direction, trace id]
+        self.rows: list[tuple] = []
+        self.stats: Counter[str] = Counter()
+        self._trace_seq = 0
+        self._row_seq = 0
+        self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
+
+    # -- events ---------------------------------------------------------------------------------
+    def handle(self, e) -> None:
+        key = (e.tgid, e.fd)
+        if e.dir == CLOSE:
+            st = self.socks.pop(key, None)
+            if st is not None:
+                self._close(st, e.ts)
+            return
+        if e.dir >= ACCEPT:
+            old = self.socks.pop(key, None)
+            if old is not None:
+                self._close(old, e.ts)
+            if len(self.socks) >= MAX_SOCKETS:
+                self.stats["sockets shed (table full)"] += 1
+                return
+            st = self.socks[key] = self._new_sock(e, e.dir == CONNECT)
+            if st.info is not None:
+                self._match_connect(st)
+            return
+        st = self.socks.get(key)
+        if st is None:                      # a socket opened before the tracer started
+            ino = self.classify(e.tgid, e.fd)
+            if not ino:
+                self.stats["events on unknown sockets"] += 1
+                return
+            if len(self.socks) >= MAX_SOCKETS:
+                self.stats["sockets shed (table full)"] += 1
+                return
+            st = self.socks[key] = SockState(e.tgid, e.comm, self.procnet.lookup(e.tgid, ino))
+            if st.dead:
+                self.stats["sockets not TCP"] += 1
+        if st.dead:
+            return
+        d = e.dir
+        egress = d == EGRESS
+        tid = e.tid
+        # per-thread trace id
+        th = self.threads.get(tid)
+        if th is None:
+            if len(self.threads) > 100_000:
+                self.threads.clear()
+            self._trace_seq += 1
+            th = self.threads[tid] = [d, self._trace_new()]
+        elif not egress and th[0] == EGRESS:
+            th[1] = self._trace_new()
+        th[0] = d
+        st.nsys += 1
+        if d != st.last_dir:
+            st.last_dir = d
+            st.run_meta[d] = (tid, th[1], st.nsys)
+        ts_us = (e.ts + self.mono_to_wall_ns) // 1000
+        if st.parser is None:
+            if not st.info.resolved:
+                self._resolve(st, e.fd)
+            if not self._detect(st, e.data, egress):
+                return
+        from_client = egress == st.is_client
+        seq = st.seq[d]
+        st.seq[d] = (seq + e.len) & MASK32
+        msgs = st.parser.feed(e.data, e.len, from_client, ts_us, seq)
+        if isinstance(msgs, GiveUp):
+            self.stats[f"gave up: {msgs}"] += 1
+            st.dead = True
+            return
+        if not msgs:
+            return
+        out: list = []
+        req_dir = EGRESS if st.is_client else 1 - EGRESS
+        for m in msgs:
+            if m.type == REQUEST:
+                st.meta[id(m)] = st.run_meta[req_dir]
+            elif m.type == RESPONSE:
+                st.meta[id(m)] = st.run_meta[1 - req_dir]
+            else:
+                st.meta[id(m)] = st.run_meta[d]
+            st.sessions.add(m, out)
+        self._records(st, out)
+
+    def _new_sock(self, e, is_client: bool) -> SockState:
+        """A socket from accept (server end) or connect (client end): the peer from the syscall's
+        sockaddr, the rest from /proc while the socket still exists."""
+        peer = parse_sockaddr(e.data)
+        if peer is None:                 # unix or other non-IP socket
+            st = SockState(e.tgid, e.comm, None)
+            self.stats["sockets not TCP"] += 1
+            return st
+        info = None
+        if not is_client:                # accept: the connection exists now; connect: not yet
+            ino = fd_inode(e.tgid, e.fd)
+            info = self.procnet.lookup(e.tgid, ino) if ino else None
+        if info is None:
+            v4, addr, port = peer
+            info = SockInfo(0, v4, bytes(4 if v4 else 16), 0, addr, port, resolved=False)
+            lis = None if is_client else self.procnet.listener(e.tgid, v4)
+            if lis is not None:          # the accepted connection is gone already: its listener's end
+                local = lis.laddr
+                if not any(local) and (addr[:1] == b"\x7f" or addr == bytes(15) + b"\x01"):
+                    local = addr         # a wildcard listener reached over loopback
+                info = SockInfo(0, v4, local, lis.lport, addr, port)
+        st = SockState(e.tgid, e.comm, info)
+        st.is_client = is_client
+        st.fd = e.fd
+        return st
+
+    def _match_connect(self, st: SockState) -> None:
+        """Both ends traced on this host: a client socket whose local end /proc did not give in
+        time learns it from the server's accept (its peer), oldest connect to that address first."""
+        i = st.info
+        if st.is_client:
+            if i.lport == 0:
+                q = self.connects.setdefault((i.raddr, i.rport), deque(maxlen=256))
+                q.append(st)
+                if len(self.connects) > 10_000:
+                    self.connects.clear()
+            return
+        q = self.connects.get((i.laddr, i.lport))
+        while q:
+            cst = q.popleft()
+            if cst.info.lport == 0 and self.socks.get((cst.tgid, cst.fd)) is cst:
+                cst.info = SockInfo(0, i.is_v4, i.raddr, i.rport, i.laddr, i.lport)
+                cst.flow = None
+                self.stats["client ends from a traced accept"] += 1
+                return
+
+    def _resolve(self, st: SockState, fd: int) -> None:
+        """Fill in the local end of a socket known only by its peer."""
+        st.info.resolved = True          # one try
+        ino = fd_inode(st.tgid, fd)
+        found = self.procnet.lookup(st.tgid, ino) if ino else None
+        if found is not None and found.rport == st.info.rport:
+            st.info = found
+            st.flow = None
+        elif st.info.lport == 0 or st.info.rport == 0:
+            self.stats["sockets with unresolved local address"] += 1
+
+    def _trace_new(self) -> int:
+        self._trace_seq += 1
+        return (self.agent_id & 0xFFFF) << 48 | (self.mono_to_wall_ns // 1_000_000_000 & 0xFFFF) << 32 | (
+            self._trace_seq & 0xFFFFFFFF)
+
+    def _detect(self, st: SockState, payload: bytes, egress: bool) -> bool:
+        info = st.info
+        port = info.rport if info.lport not in self.procnet.listen_ports else info.lport
+        found = self.detector.detect(payload, egress == st.is_client, 6, port, True)
+        if found is None:
+            st.tries += 1
+            if st.tries >= MAX_ATTEMPTS:
+                st.dead = True
+                self.stats["sockets with no known protocol"] += 1
+            return False
+        spec, flipped = found
+        st.is_client = st.is_client != flipped
+        st.parser = spec.parser(self.detector.config)
+        st.protocol = spec.protocol
+        st.sessions = Sessions(st.parser.timeout_s)
+        return True
+
+    def _flow_part(self, st: SockState) -> tuple:
+        i = st.info
+        if st.is_client:
+            a0, p0, a1, p1, obs = i.laddr, i.lport, i.raddr, i.rport, "c-p"
+        else:
+            a0, p0, a1, p1, obs = i.raddr, i.rport, i.laddr, i.lport, "s-p"
+        if i.is_v4:
+            ip4_0, ip4_1, ip6_0, ip6_1 = int.from_bytes(a0, "big"), int.from_bytes(a1, "big"), bytes(16), bytes(16)
+            k0, k1 = ip4_0, ip4_1
+        else:
+            ip4_0 = ip4_1 = 0
+            ip6_0, ip6_1 = k0, k1 = a0, a1
+        t0 = t1 = 0
+        if self.tagger is not None:
+            try:
+                t0, t1 = self.tagger.tag(k0), self.tagger.tag(k1)
+            except Exception:  # tags are best effort
+                t0 = t1 = 0
+        flow_id = (SIGNAL_EBPF << 60) | (st.tgid & 0xFFFFFF) << 32 | (i.inode or p0 << 16 | p1) & 0xFFFFFFFF
+        return (flow_id, ip4_0, ip4_1, ip6_0, ip6_1, int(i.is_v4), 6, p0, p1, 3, 0, 0, 0, obs, self.agent_id,
+                SIGNAL_EBPF, 0, t0, t1)
+
+    def _records(self, st: SockState, out: list) -> None:
+        if not out:
+            return
+        if st.flow is None:
+            st.flow = self._flow_part(st)
+        pid, comm = st.tgid, st.comm
+        side = (pid, 0, comm, "") if st.is_client else (0, pid, "", comm)
+        for kind, req, resp, status in out:
+            self._row_seq += 1
+            rq = st.meta.pop(id(req), NO_META) if req is not None else NO_META
+            rs = st.meta.pop(id(resp), NO_META) if resp is not None and resp is not req else (
+                rq if resp is not None else NO_META)
+            rec = l7_record(kind, req, resp, status, st.protocol, 0, 0)
+            rec = (rec[0], rec[0] << 32 | (self._row_seq & 0xFFFFFFFF)) + rec[2:]
+            self.rows.append(st.flow + rec + side + (rq[0], rs[0], rq[1], rs[1], rq[2], rs[2]))
+            self.stats["rows"] += 1
+
+    def _close(self, st: SockState, ts_ns: int) -> None:
+        if st.sessions is not None:
+            out: list = []
+            st.sessions.close((ts_ns + self.mono_to_wall_ns) // 1000, out, False)
+            self._records(st, out)
+
+    def expire(self) -> None:
+        """Requests past their protocol's timeout → TIMEOUT rows."""
+        now = time.time_ns() // 1000
+        for st in self.socks.values():
+            if st.sessions is not None and st.sessions.pending():
+                out: list = []
+                st.sessions.expire(now, out)
+                self._records(st, out)
+
+    def close_all(self) -> None:
+        now = time.monotonic_ns()
+        for st in self.socks.values():
+            self._close(st, now)
+        self.socks.clear()
+
+    def take_rows(self) -> list[tuple]:
+        rows, self.rows = self.rows, []
+        return rows

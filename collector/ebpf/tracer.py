@@ -1,0 +1,441 @@
+"""The eBPF socket tracer: syscall tracepoints → socket data events (pid, tid, fd, direction,
+timestamp, a bounded payload prefix) through a perf buffer.
+
+Only tracepoints are used (kprobes and fentry are refused on this kernel, ARCHITECTURE.md), and no
+kernel struct is read (the headers bcc compiles with do not match the running kernel): whether an
+fd is a socket is known in the kernel from the syscalls that make or use sockets (accept/accept4
+exits, connect, sendto/recvfrom) plus a ``/proc`` scan at start for sockets opened before; reads
+and writes on other fds are dropped in the kernel, ``close`` forgets the fd. The 5-tuple comes from ``/proc/PID/net/tcp{,6}`` by socket inode (cached).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import logging
+import os
+import socket
+import struct
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+log = logging.getLogger("flowscope.ebpf")
+
+DEBIAN_DIST = "/usr/lib/python3/dist-packages"
+PAYLOAD_MAX = 512
+EGRESS, INGRESS, CLOSE, ACCEPT, CONNECT = 0, 1, 2, 3, 4
+KIND_SOCKET, KIND_OTHER = 1, 2
+
+
+class EbpfUnavailable(RuntimeError):
+    """bcc missing, not root, or the kernel refused the program: packet capture goes on."""
+
+
+def import_bcc():
+    """bcc's Python module: Debian's python3-bpfcc (PyPI's ``bcc`` is an unrelated project)."""
+    try:
+        import bcc
+    except ImportError:
+        if os.path.isdir(os.path.join(DEBIAN_DIST, "bcc")) and DEBIAN_DIST not in sys.path:
+            sys.path.append(DEBIAN_DIST)
+        try:
+            import bcc
+        except ImportError as e:
+            raise EbpfUnavailable(f"bcc is not installed (apt-get install python3-bpfcc): {e}") from e
+    if not hasattr(bcc, "BPF"):
+        raise EbpfUnavailable(f"the bcc module at {getattr(bcc, '__file__', '?')} is not BCC (PyPI's 'bcc'?)")
+    return bcc
+
+
+def prepare_system() -> None:
+    """What bcc needs on a fresh machine: tracefs mounted, a kernel-headers path (best effort)."""
+    if not os.path.isdir("/sys/kernel/tracing/events"):
+        os.makedirs("/sys/kernel/tracing", exist_ok=True)
+        os.system("mount -t tracefs tracefs /sys/kernel/tracing >/dev/null 2>&1")
+    build = f"/lib/modules/{os.uname().release}/build"
+    if not os.path.exists(build):
+        heads = sorted(d for d in os.listdir("/usr/src") if d.startswith("linux-headers-") and d.endswith("-amd64")) \
+            if os.path.isdir("/usr/src") else []
+        if heads:
+            try:
+                os.makedirs(os.path.dirname(build), exist_ok=True)
+                os.symlink(f"/usr/src/{heads[-1]}", build)
+                common = f"/usr/src/{heads[-1][:-len('-amd64')]}-common"
+                if os.path.isdir(common) and not os.path.exists(build[:-5] + "source"):
+                    os.symlink(common, build[:-5] + "source")
+            except OSError as e:
+                log.debug("kernel headers link: %s", e)
+
+
+BPF_TEXT = r"""
+#define PAYLOAD_MAX %(payload)d
+struct args_t { u64 buf; u32 fd; u32 pad; };
+struct event_t {
+    u64 ts; u32 tgid; u32 tid; u32 fd; u32 dir; u32 len; u32 cap; char comm[16];
+    char data[PAYLOAD_MAX];
+};
+struct fdkey_t { u32 tgid; u32 fd; };
+BPF_HASH(active, u64, struct args_t, 16384);
+BPF_HASH(fdkind, struct fdkey_t, u8, 262144);
+BPF_HASH(pids, u32, u8, 4096);
+BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
+BPF_ARRAY(counters, u64, 4);      // 0 events, 1 submit failed (lost), 2 skipped: fd not a known socket
+BPF_PERF_OUTPUT(events);
+
+static inline int wanted(u32 tgid) {
+    if (tgid == %(self)d) return 0;
+#if %(pidfilter)d
+    if (!pids.lookup(&tgid)) return 0;
+#endif
+#if %(commfilter)d
+    char comm[16] = {};
+    bpf_get_current_comm(&comm, sizeof(comm));
+    const char want[] = %(comm)s;
+    #pragma unroll
+    for (int i = 0; i < sizeof(want); i++) { if (!want[i]) break; if (comm[i] != want[i]) return 0; }   // prefix
+#endif
+    return 1;
+}
+
+static inline void mark_socket(u32 tgid, u32 fd) {
+    struct fdkey_t k = {.tgid = tgid, .fd = fd};
+    u8 one = %(socket)d;
+    fdkind.update(&k, &one);
+}
+
+static inline int enter(u32 fd, u64 buf, int is_socket) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!wanted(tgid)) return 0;
+    if (is_socket) {
+        mark_socket(tgid, fd);
+    } else {
+        struct fdkey_t k = {.tgid = tgid, .fd = fd};
+        u8 *kind = fdkind.lookup(&k);
+        if (!kind) { int z = 2; u64 *c = counters.lookup(&z); if (c) __sync_fetch_and_add(c, 1); return 0; }
+    }
+    struct args_t a = {.buf = buf, .fd = fd};
+    active.update(&id, &a);
+    return 0;
+}
+
+static inline int leave(void *ctx, long ret, u32 dir) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct args_t *a = active.lookup(&id);
+    if (!a) return 0;
+    u64 buf = a->buf; u32 fd = a->fd;
+    active.delete(&id);
+    if (ret <= 0) return 0;
+    int z = 0;
+    struct event_t *e = scratch.lookup(&z);
+    if (!e) return 0;
+    e->ts = bpf_ktime_get_ns(); e->tgid = id >> 32; e->tid = (u32)id; e->fd = fd; e->dir = dir;
+    e->len = ret;
+    u32 n = ret < PAYLOAD_MAX ? (u32)ret : PAYLOAD_MAX;
+    asm volatile("%%0 &= %(mask)d" : "+r"(n));
+    if (n > PAYLOAD_MAX) n = PAYLOAD_MAX;
+    e->cap = n;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    bpf_probe_read_user(&e->data, n, (void *)buf);
+    u64 *c = counters.lookup(&z); if (c) __sync_fetch_and_add(c, 1);
+    if (events.perf_submit(ctx, e, sizeof(*e)) < 0) { int one = 1; u64 *l = counters.lookup(&one); if (l) __sync_fetch_and_add(l, 1); }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return enter(args->fd, (u64)args->buf, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return leave(args, args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return enter(args->fd, (u64)args->ubuf, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return leave(args, args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return enter(args->fd, (u64)args->buf, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return leave(args, args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter(args->fd, (u64)args->buff, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return leave(args, args->ret, 0); }
+static inline int addr_event(void *ctx, u32 fd, u64 uaddr, u32 dir) {
+    u64 id = bpf_get_current_pid_tgid();
+    int z = 0;
+    struct event_t *e = scratch.lookup(&z);
+    if (!e) return 0;
+    e->ts = bpf_ktime_get_ns(); e->tgid = id >> 32; e->tid = (u32)id; e->fd = fd; e->dir = dir;
+    e->len = 0; e->cap = 28;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    __builtin_memset(e->data, 0, 28);
+    if (uaddr) bpf_probe_read_user(&e->data, 28, (void *)uaddr);
+    events.perf_submit(ctx, e, 48 + 32);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!wanted(id >> 32)) return 0;
+    struct args_t a = {.buf = (u64)args->upeer_sockaddr, .fd = 0xFFFFFFFF};
+    active.update(&id, &a);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct args_t *a = active.lookup(&id);
+    if (!a) return 0;
+    u64 uaddr = a->buf;
+    active.delete(&id);
+    if (args->ret < 0) return 0;
+    mark_socket(id >> 32, args->ret);
+    return addr_event(args, args->ret, uaddr, 3);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!wanted(tgid)) return 0;
+    mark_socket(tgid, args->fd);
+    return addr_event(args, args->fd, (u64)args->uservaddr, 4);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!wanted(tgid)) return 0;
+    struct fdkey_t k = {.tgid = tgid, .fd = args->fd};
+    u8 *kind = fdkind.lookup(&k);
+    if (!kind) return 0;
+    u8 was = *kind;
+    fdkind.delete(&k);
+    if (was != %(socket)d) return 0;
+    int z = 0;
+    struct event_t *e = scratch.lookup(&z);
+    if (!e) return 0;
+    e->ts = bpf_ktime_get_ns(); e->tgid = tgid; e->tid = (u32)id; e->fd = args->fd; e->dir = 2;
+    e->len = 0; e->cap = 0;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    events.perf_submit(args, e, 48);
+    return 0;
+}
+"""
+
+HEADER = struct.Struct("<QIIIIII16s")
+
+
+@dataclass(slots=True)
+class SockInfo:
+    """A socket's identity as its process sees it (local end first)."""
+    inode: int
+    is_v4: bool = True
+    laddr: bytes = b""
+    lport: int = 0
+    raddr: bytes = b""
+    rport: int = 0
+    resolved: bool = True            # False: only the peer is known (from accept/connect)
+
+
+class ProcNet:
+    """Socket inode → addresses from /proc/PID/net/tcp{,6}; re-read on a miss (cached)."""
+
+    def __init__(self) -> None:
+        self.by_inode: dict[int, SockInfo] = {}
+        self.listen_ports: set[int] = set()
+        self.listening: dict[int, SockInfo] = {}         # inode → a LISTEN socket
+        self.listeners: dict[int, list[SockInfo]] = {}   # tgid → its LISTEN sockets (cached)
+        self.reads = 0
+
+    def listener(self, tgid: int, is_v4: bool) -> SockInfo | None:
+        """The process's listening socket (when it has one of that family): the local end of
+        the connections it accepts, once those are gone from /proc."""
+        found = self.listeners.get(tgid)
+        if found is None:
+            self._refresh(tgid)
+            found = []
+            try:
+                for fd in os.listdir(f"/proc/{tgid}/fd"):
+                    ino = fd_inode(tgid, int(fd))
+                    if ino and ino in self.listening:
+                        found.append(self.listening[ino])
+            except OSError:
+                pass
+            if len(self.listeners) > 10_000:
+                self.listeners.clear()
+            self.listeners[tgid] = found
+        fam = [i for i in found if i.is_v4 == is_v4] or found
+        return fam[0] if len(fam) == 1 else None
+
+    def lookup(self, tgid: int, inode: int) -> SockInfo | None:
+        info = self.by_inode.get(inode)
+        if info is None:
+            self._refresh(tgid)
+            info = self.by_inode.get(inode)
+        return info
+
+    def _refresh(self, tgid: int) -> None:
+        self.reads += 1
+        for name, v4 in (("tcp", True), ("tcp6", False)):
+            try:
+                with open(f"/proc/{tgid}/net/{name}") as fh:
+                    next(fh)
+                    for line in fh:
+                        p = line.split()
+                        la, lp = p[1].split(":")
+                        ra, rp = p[2].split(":")
+                        inode = int(p[9])
+                        lport = int(lp, 16)
+                        if p[3] == "0A":
+                            self.listen_ports.add(lport)
+                        if inode:
+                            is_v4, laddr, raddr = _addr(la, ra, v4)
+                            info = self.by_inode[inode] = SockInfo(inode, is_v4, laddr, lport, raddr, int(rp, 16))
+                            if p[3] == "0A":
+                                self.listening[inode] = info
+            except (OSError, StopIteration, ValueError, IndexError):
+                continue
+        if len(self.by_inode) > 200_000:
+            self.by_inode.clear()
+
+
+def _addr(la: str, ra: str, v4: bool) -> tuple[bool, bytes, bytes]:
+    """Kernel hex addresses → (is_v4, local, remote); v4-mapped v6 addresses count as v4."""
+    def conv(h: str) -> bytes:
+        raw = bytes.fromhex(h)
+        if v4:
+            return raw[::-1]
+        return b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    lb, rb = conv(la), conv(ra)
+    if not v4 and lb[:12] == b"\0" * 10 + b"\xff\xff" and rb[:12] == b"\0" * 10 + b"\xff\xff":
+        return True, lb[12:], rb[12:]
+    return v4, lb, rb
+
+
+def parse_sockaddr(raw: bytes) -> tuple[bool, bytes, int] | None:
+    """struct sockaddr_in/in6 (user memory, read at accept/connect) → (is_v4, address, port)."""
+    if len(raw) < 16:
+        return None
+    family = int.from_bytes(raw[:2], "little")
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return True, raw[4:8], port
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        a = raw[8:24]
+        if a[:12] == b"\0" * 10 + b"\xff\xff":
+            return True, a[12:], port
+        return False, a, port
+    return None
+
+
+def fd_inode(tgid: int, fd: int) -> int | None:
+    """The socket inode behind a process's fd, None if it is not a socket (or gone)."""
+    try:
+        target = os.readlink(f"/proc/{tgid}/fd/{fd}")
+    except OSError:
+        return None
+    if target.startswith("socket:["):
+        return int(target[8:-1])
+    return 0
+
+
+class Event:
+    __slots__ = ("cap", "comm", "data", "dir", "fd", "len", "tgid", "tid", "ts")
+
+
+def _ts(e: Event) -> int:
+    return e.ts
+
+
+class Tracer:
+    """Loads the program and turns perf-buffer records into ``Event`` objects for ``callback``.
+
+    Raises ``EbpfUnavailable`` (with the reason) when bcc, privileges or the kernel say no."""
+
+    def __init__(self, callback, *, pids: list[int] | None = None, comm: str | None = None,
+                 payload: int = PAYLOAD_MAX, pages: int = 256) -> None:
+        if os.geteuid() != 0:
+            raise EbpfUnavailable("eBPF tracing needs root (CAP_BPF/CAP_PERFMON)")
+        bcc = import_bcc()
+        prepare_system()
+        self.callback = callback
+        self.stats: Counter[str] = Counter()
+        comm_lit = "{" + ", ".join(str(b) for b in (comm or "").encode()[:15]) + ", 0}" if comm else "{0}"
+        text = BPF_TEXT % {"payload": payload, "self": os.getpid(), "pidfilter": int(bool(pids)),
+                           "commfilter": int(bool(comm)), "comm": comm_lit, "other": KIND_OTHER,
+                           "socket": KIND_SOCKET, "mask": payload * 2 - 1}
+        try:
+            self.bpf = bcc.BPF(text=text.encode(), cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
+        except Exception as e:          # compile or load refused
+            raise EbpfUnavailable(f"the kernel or bcc refused the tracer: {e}") from e
+        if pids:
+            m = self.bpf[b"pids"]
+            for p in pids:
+                m[ct.c_uint32(p)] = ct.c_uint8(1)
+        self.fdkind = self.bpf[b"fdkind"]
+        self.counters = self.bpf[b"counters"]
+        self.known: dict[tuple[int, int], int] = {}
+        self._batch: list[Event] = []      # (tgid, fd) → socket inode (0: not a socket)
+        self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=pages, lost_cb=self._on_lost)
+        self.stats["sockets seeded from /proc"] = self.seed(pids)
+
+    def _on_lost(self, n: int) -> None:
+        self.stats["events lost (perf buffer full)"] += n
+
+    def _on_event(self, cpu, data, size) -> None:
+        raw = ct.string_at(data, size)
+        ts, tgid, tid, fd, d, length, cap, comm = HEADER.unpack_from(raw)
+        e = Event()
+        e.ts, e.tgid, e.tid, e.fd, e.dir, e.len, e.cap = ts, tgid, tid, fd, d, length, cap
+        e.comm = comm.split(b"\0", 1)[0].decode(errors="replace")
+        e.data = raw[HEADER.size:HEADER.size + cap]
+        self.stats["events"] += 1
+        self._batch.append(e)
+
+    def classify(self, tgid: int, fd: int) -> int | None:
+        """The socket inode behind a traced fd (cached until its close event), 0 not a socket,
+        None gone."""
+        key = (tgid, fd)
+        ino = self.known.get(key)
+        if not ino:
+            ino = fd_inode(tgid, fd)
+            if ino:
+                if len(self.known) > 200_000:
+                    self.known.clear()
+                self.known[key] = ino
+        return ino
+
+    def seed(self, pids: list[int] | None = None) -> int:
+        """Sockets opened before the tracer started: found in /proc and told to the kernel."""
+        n = 0
+        me = os.getpid()
+        for name in (map(str, pids) if pids else os.listdir("/proc")):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                fds = os.listdir(f"/proc/{name}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{name}/fd/{fd}").startswith("socket:["):
+                        self.fdkind[self.fdkind.Key(int(name), int(fd))] = ct.c_uint8(KIND_SOCKET)
+                        n += 1
+                except (OSError, ValueError):
+                    continue
+        return n
+
+    def forget(self, tgid: int, fd: int) -> None:
+        self.known.pop((tgid, fd), None)
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        """Read every CPU's buffer once, then hand the events over in timestamp order: an accept
+        on one CPU and the first read of its socket on another must not come out swapped."""
+        self.bpf.perf_buffer_poll(timeout=timeout_ms)
+        batch, self._batch = self._batch, []
+        if batch:
+            batch.sort(key=_ts)
+            for e in batch:
+                self.callback(e)
+
+    def kernel_counters(self) -> dict[str, int]:
+        vals = [self.counters[ct.c_int(i)].value for i in range(3)]
+        return {"kernel events": vals[0], "kernel submit failed": vals[1], "kernel skipped (fd not a socket)": vals[2]}
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.bpf.cleanup()
+
+
+def ip4_int(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
+def fmt_addr(is_v4: bool, b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if is_v4 else socket.AF_INET6, b)
