@@ -13,11 +13,16 @@ Queries: the DeepFlow SQL of the stock dashboards (reference/grafana-integration
 saved panel SQL and the SDK-generated G1–G8) with the lab's names, over the last hour of the data.
 Each is measured
   * end to end: POST /v1/query/ on a real uvicorn server in this process (httpx, keep-alive),
-    with a new time range every request (as Grafana refreshes: the translation cache misses);
-  * direct: the ClickHouse SQL the dialect produced, ``client.query`` on the same client
-    (the baseline); the overhead ratio is end-to-end / direct.
-Translation time: datasource.dialect's uncached translate over the dashboard queries and the
-reference's §7 examples (n/a when the dialect is not importable).
+    with a new time range every request (as Grafana refreshes: the exact-text cache misses, the
+    shape cache hits), and again with the same statement (exact-text cache hit, "cached");
+  * direct: the ClickHouse SQL the dialect produces for another new range, ``client.query`` on the
+    same client (the baseline; ClickHouse answers a statement it has just run a little faster, so the
+    baseline is never the statement the server just ran), and for the "again" figure the very SQL the
+    server ran, right after it; the overhead ratios are end-to-end / direct.
+Translation time over the dashboard queries and the reference's §7 examples (n/a when the dialect is
+not importable): cold (``translate_uncached``: parse, translate, check, build the shape's template —
+what a new statement costs) and shape-cached (``translate`` of the dashboard queries with a new time
+range each time, the shape cache warm — what a Grafana refresh costs).
 Goal: overhead ≤ 5 %, dashboard query p95 ≤ 500 ms.
 """
 
@@ -155,7 +160,7 @@ EXAMPLES = [
                        "l4_flow_log group by toi limit 1"),
     ("flow_log", None, "select auto_instance_0,ip_0 from l7_flow_log where ip_0='1.1.1.1' and auto_instance_0='abc' "
                        "and auto_instance_0 regexp 'abc' and auto_instance_id_0=2 group by auto_instance_0,ip_0"),
-    ("flow_log", None, "select byte from l4_flow_log where ip>=('1.1.1.1/24','2.2.2.2') and ip<='::/24'"),
+    ("flow_log", None, "select byte from l4_flow_log where ip_0>=('1.1.1.1/24','2.2.2.2') and ip_0<='::/24'"),
     ("flow_log", None, "select request from l7_flow_log where Enum(tap_side) like 'xxx' limit 0, 50"),
     ("flow_log", None, "select Histogram(Sum(byte),10) AS histo from l4_flow_log"),
     ("flow_metrics", None, "select Avg(`rtt`) AS `Avg(rtt)`,Max(`byte`) AS `Max(byte)`,region_0 from "
@@ -263,26 +268,30 @@ def open_store(rows: int, rebuild: bool) -> Path:
 def translation_times(runs: int) -> dict | None:
     try:
         import datasource.dialect as dialect
+        from datasource.dialect.shape import lex
     except ImportError:
         return None
-    # the uncached translator (translate() caches by statement text; Grafana's moving time range misses)
-    uncached = getattr(getattr(dialect, "_translate", None), "__wrapped__", None)
     corpus = [(db, prec, sql.replace("{F}", "1795600000").replace("{T}", "1795603600"))
               for _, db, prec, sql in DASHBOARD] + EXAMPLES
-    times, failed = [], []
+    cold, failed = [], []
     for db, prec, sql in corpus:
         for _ in range(runs):
             t0 = time.perf_counter()
             try:
-                if uncached:
-                    uncached(sql, db, prec, "en")
-                else:
-                    dialect.translate(f"{sql} ", db, prec)
+                dialect.translate_uncached(sql, db, prec, "en", lex(sql))
             except Exception as e:       # a statement the dialect refuses is reported, not fatal
                 failed.append(f"{sql[:60]}…: {type(e).__name__}: {str(e)[:80]}")
                 break
-            times.append(time.perf_counter() - t0)
-    return {"n_queries": len(corpus), "failed": failed, "times": times}
+            cold.append(time.perf_counter() - t0)
+    cached = []
+    for i in range(runs + 1):            # a new time range each round, as Grafana refreshes; round 0 warms
+        for _, db, prec, template in DASHBOARD:
+            sql = template.replace("{F}", str(1795600000 + i)).replace("{T}", str(1795603600 + i))
+            t0 = time.perf_counter()
+            dialect.translate(sql, db, prec)
+            if i:
+                cached.append(time.perf_counter() - t0)
+    return {"n_queries": len(corpus), "failed": failed, "times": cold, "cached": cached}
 
 
 def serve(app) -> tuple[object, str]:
@@ -311,9 +320,11 @@ def main() -> None:
     if tr is None:
         print("translation: n/a (datasource.dialect is not importable)")
     else:
-        ms = [t * 1000 for t in tr["times"]]
-        print(f"translation (uncached) over {tr['n_queries']} dialect queries: p50 {percentile(ms, .5):.2f} ms, "
-              f"p99 {percentile(ms, .99):.2f} ms, {len(tr['failed'])} refused")
+        ms, cms = [t * 1000 for t in tr["times"]], [t * 1000 for t in tr["cached"]]
+        print(f"translation, cold, over {tr['n_queries']} dialect queries: p50 {percentile(ms, .5):.2f} ms, "
+              f"p99 {percentile(ms, .99):.2f} ms, {len(tr['failed'])} refused; shape-cached (the "
+              f"{len(DASHBOARD)} dashboard queries, new time range): p50 {percentile(cms, .5):.3f} ms, "
+              f"p99 {percentile(cms, .99):.3f} ms")
         for f in tr["failed"]:
             print(f"  refused: {f}")
 
@@ -321,6 +332,7 @@ def main() -> None:
     import httpx
 
     from datasource.app import create_app
+    from datasource.dialect import DialectError, translate
     from datasource.engine import QueryEngine
     from flowscope.storage import connect
 
@@ -337,57 +349,72 @@ def main() -> None:
         rows_out = []
         all_e2e, all_direct = [], []
         for name, db, prec, template in DASHBOARD:
-            e2e, cached, direct, result_rows, error = [], [], [], 0, ""
+            e2e, cached, direct, again, result_rows, base_rows, error = [], [], [], [], 0, [], ""
             for i in range(args.runs + 2):          # two warm-up rounds, then measured
-                lo, hi = end - 3600 - i, end - i      # a new range per refresh, like Grafana's
-                sql = template.replace("{F}", str(lo)).replace("{T}", str(hi))
+                # a new range per refresh, like Grafana's; the direct baseline runs a new range of its own
+                # (ClickHouse answers a statement it has just run a little faster)
+                sql, base = (template.replace("{F}", str(end - 3600 - 2 * i - k)).replace("{T}", str(end - 2 * i - k))
+                             for k in (0, 1))
                 form = {"db": db, "sql": sql, **({"data_precision": prec} if prec else {})}
+                try:
+                    base_queries = translate(base, db, prec).queries
+                except DialectError as e:
+                    error = str(e)[:120]
+                    break
                 t0 = time.perf_counter()
-                r = http.post("/v1/query/", params={"debug": "true"}, data=form)
+                base_rows = [len(client.query(q, settings=settings).result_rows) for q in base_queries]
                 t1 = time.perf_counter()
+                r = http.post("/v1/query/", params={"debug": "true"}, data=form)
+                t2 = time.perf_counter()
                 body = r.json()
                 if r.status_code != 200:
                     error = body["DESCRIPTION"][:120]
                     break
-                t2 = time.perf_counter()
-                http.post("/v1/query/", params={"debug": "true"}, data=form)     # the same statement: cached
                 t3 = time.perf_counter()
+                http.post("/v1/query/", params={"debug": "true"}, data=form)     # the same statement: cached
+                t4 = time.perf_counter()
                 for q in body["debug"]["query_sqls"]:
                     result_rows = len(client.query(q["Sql"], settings=settings).result_rows)
-                t4 = time.perf_counter()
+                t5 = time.perf_counter()
                 if i >= 2:
-                    e2e.append(t1 - t0)
-                    cached.append(t3 - t2)
-                    direct.append(t4 - t3)
-            if error:
+                    direct.append(t1 - t0)
+                    e2e.append(t2 - t1)
+                    cached.append(t4 - t3)
+                    again.append(t5 - t4)
+            if error or not base_rows:
+                error = error or "no ClickHouse query"
                 print(f"{name:24s} refused by the datasource: {error}")
                 rows_out.append({"query": name, "error": error})
                 continue
-            p50e, p95e, p50c, p50d = (statistics.median(e2e), percentile(e2e, .95), statistics.median(cached),
-                                      statistics.median(direct))
+            p50e, p95e, p50c, p50d, p50a = (statistics.median(e2e), percentile(e2e, .95), statistics.median(cached),
+                                            statistics.median(direct), statistics.median(again))
             all_e2e += e2e
             all_direct += direct
-            print(f"{name:24s} end-to-end p50 {p50e * 1000:6.1f} ms p95 {p95e * 1000:6.1f} ms (translation cached: "
-                  f"p50 {p50c * 1000:6.1f}) | direct p50 {p50d * 1000:6.1f} ms | overhead {(p50e / p50d - 1) * 100:+6.1f} % "
-                  f"(cached {(p50c / p50d - 1) * 100:+5.1f} %) | {result_rows} rows")
+            print(f"{name:24s} end-to-end p50 {p50e * 1000:6.1f} ms p95 {p95e * 1000:6.1f} ms | direct p50 "
+                  f"{p50d * 1000:6.1f} ms | overhead {(p50e / p50d - 1) * 100:+6.1f} % | same statement again: "
+                  f"{p50c * 1000:6.1f} ms, direct {p50a * 1000:6.1f} ms, overhead {(p50c / p50a - 1) * 100:+5.1f} % "
+                  f"| {result_rows} rows")
             rows_out.append({"query": name, "e2e_p50_ms": round(p50e * 1000, 1), "e2e_p95_ms": round(p95e * 1000, 1),
-                             "cached_p50_ms": round(p50c * 1000, 1), "direct_p50_ms": round(p50d * 1000, 1)})
+                             "cached_p50_ms": round(p50c * 1000, 1), "direct_p50_ms": round(p50d * 1000, 1),
+                             "direct_again_p50_ms": round(p50a * 1000, 1)})
         server.should_exit = True
         measured = [r for r in rows_out if "error" not in r]
         if not measured:
             raise SystemExit("no dashboard query ran")
-        direct_sum = sum(r["direct_p50_ms"] for r in measured)
-        overhead = sum(r["e2e_p50_ms"] for r in measured) / direct_sum - 1
-        overhead_cached = sum(r["cached_p50_ms"] for r in measured) / direct_sum - 1
+        overhead = sum(r["e2e_p50_ms"] for r in measured) / sum(r["direct_p50_ms"] for r in measured) - 1
+        overhead_cached = (sum(r["cached_p50_ms"] for r in measured) /
+                           sum(r["direct_again_p50_ms"] for r in measured) - 1)
         p95 = percentile(all_e2e, .95) * 1000
         p95_direct = percentile(all_direct, .95) * 1000
         print(f"all dashboard queries: end-to-end p95 {p95:.1f} ms (goal ≤ 500), direct p95 {p95_direct:.1f} ms; "
               f"overhead of summed p50s {overhead * 100:+.1f} % with a new time range per request, "
-              f"{overhead_cached * 100:+.1f} % with the translation cached (goal ≤ 5 %); "
+              f"{overhead_cached * 100:+.1f} % for the same statement again (goal ≤ 5 %); "
               f"{len(rows_out) - len(measured)} of {len(rows_out)} refused")
         tr_extra = ({"translate_p50_ms": None, "translate_p99_ms": None} if tr is None else
                     {"translate_p50_ms": round(percentile([t * 1000 for t in tr["times"]], .5), 2),
                      "translate_p99_ms": round(percentile([t * 1000 for t in tr["times"]], .99), 2),
+                     "translate_cached_p50_ms": round(percentile([t * 1000 for t in tr["cached"]], .5), 3),
+                     "translate_cached_p99_ms": round(percentile([t * 1000 for t in tr["cached"]], .99), 3),
                      "translate_refused": len(tr["failed"])})
         result("datasource", p95, "ms (dashboard query p95, end to end)", "same ClickHouse SQL run directly (p95)",
                p95_direct, f"{len(measured)} stock-dashboard DeepFlow queries over {n4:,} l4 + {n7:,} l7 flow-log rows "

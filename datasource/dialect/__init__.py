@@ -9,14 +9,18 @@ Modules, one concept each:
 * ``metrics``   — the aggregate functions by metric type, one or two layers;
 * ``translate`` — a SELECT → one ClickHouse SELECT;
 * ``show``      — the SHOW statements, mostly answered from the catalogue;
+* ``shape``     — templates of SELECTs whose time (and other copied) literals vary;
 * ``safety``    — the final check every generated query passes before it may run.
 
-Translations are cached by (db, precision, language, sql): dashboards repeat the same statements.
+Two caches: by exact text (db, precision, language, sql) — dashboards repeat statements —, and by
+shape (db, precision, language, the text with its liftable literals as markers, the other literals)
+— Grafana's refreshes repeat them with a new time range (shape.py says which literals may vary).
 """
 
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -24,10 +28,11 @@ from sqlglot import exp
 from datasource.dialect import safety
 from datasource.dialect.errors import DialectError
 from datasource.dialect.parse import DeepFlowShow, parse
+from datasource.dialect.shape import Lifter, Shape, Template, lex
 from datasource.dialect.show import answer
 from datasource.dialect.translate import translate_select
 
-__all__ = ["DialectError", "Translation", "translate"]
+__all__ = ["DialectError", "Translation", "translate", "translate_uncached"]
 
 CACHE_SIZE = 4096
 LANGUAGES = ("en", "zh")
@@ -42,13 +47,51 @@ class Translation:
     of ``queries`` follow them;
     ``schemas``: per output column ``{"unit", "type" (0 tag, 1 metric), "value_type" ("" = fill from
     ClickHouse's result type), "pre_as", "label_type"}``;
-    ``queries``: every ClickHouse query to run, in order (``[sql]`` for a SELECT).
+    ``queries``: every ClickHouse query to run, in order (``[sql]`` for a SELECT);
+    ``template``: a SELECT's SQL with its lifted literals as markers — translations with one template
+    have the same result columns and types ("" for SHOW).
     """
 
     sql: str | None
     static: dict | None
     schemas: list[dict]
     queries: list[str]
+    template: str = ""
+
+
+class _Cache:
+    """A thread-safe LRU dictionary that counts its hits."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.hits = size, 0
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self.hits += 1
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.hits = 0
+
+
+_exact = _Cache(CACHE_SIZE)       # (sql, db, precision, language) → Translation
+_lifted = _Cache(CACHE_SIZE)      # (db, precision, language, skeleton) → indices of the lifted literals
+_templates = _Cache(CACHE_SIZE)   # (db, precision, language, skeleton, lifted, fixed literals) → Template
+_translated = [0]                 # translations done from scratch by translate()
 
 
 def translate(sql: str, db: str | None, data_precision: str | None = None, *,
@@ -56,24 +99,53 @@ def translate(sql: str, db: str | None, data_precision: str | None = None, *,
     """DeepFlow SQL → ClickHouse; raises DialectError (message names the token and position)."""
     if language not in LANGUAGES:
         language = "en"
-    return _translate(sql.strip() if sql else "", db or None, data_precision or None, language)
+    sql, db, precision = (sql.strip() if sql else ""), db or None, data_precision or None
+    key = (sql, db, precision, language)
+    tr = _exact.get(key)
+    if tr is not None:
+        return tr
+    shape = lex(sql) if sql else None
+    if shape is not None and shape.literals:
+        skey = (db, precision, language, shape.skeleton)
+        lifted = _lifted.get(skey)
+        tmpl = _templates.get((*skey, lifted, shape.fixed(lifted))) if lifted is not None else None
+        if tmpl is not None and tmpl.fits(shape.literals):
+            sql_out = tmpl.render(shape.literals)
+            safety.check(sql_out)          # the template passed it; the new literals are quoted, yet check
+            return Translation(sql_out, None, tmpl.schemas, [sql_out], tmpl.text)
+    _translated[0] += 1
+    tr, tmpl = translate_uncached(sql, db, precision, language, shape)
+    if tmpl is not None:
+        skey = (db, precision, language, shape.skeleton)
+        _lifted.put(skey, tmpl.lifted)
+        _templates.put((*skey, tmpl.lifted, shape.fixed(tmpl.lifted)), tmpl)
+    _exact.put(key, tr)
+    return tr
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def _translate(sql: str, db: str | None, precision: str | None, language: str) -> Translation:
+def translate_uncached(sql: str, db: str | None, precision: str | None, language: str,
+                       shape: Shape | None = None) -> tuple[Translation, Template | None]:
+    """Translate without the caches; with ``shape`` (``shape.lex(sql)``), also the template for
+    requests of the same shape (None when no literal could be lifted)."""
     if not sql:
         raise DialectError("empty sql", status=400)
     tree = parse(sql)
     if isinstance(tree, DeepFlowShow):
-        return _show(tree, db, precision, language)
+        return _show(tree, db, precision, language), None
     if not isinstance(tree, exp.Select):
         kind = tree.this if isinstance(tree, exp.Command) else tree.key
         raise DialectError(f"only SELECT and SHOW are allowed, got {str(kind).upper()}", status=400)
-    result = translate_select(tree, db, precision, language)
-    final = safety.finalize(result.sql, result.shadowed, result.table)
+    lifter = Lifter(tree, shape) if shape is not None and shape.literals else None
+    result = translate_select(tree, db, precision, language, lifter)
+    text = result.sql
+    if result.shadowed:
+        text = safety.qualify(text, result.shadowed, result.table)
     schemas = [{"unit": c.unit, "type": c.type, "value_type": "", "pre_as": c.pre_as, "label_type": ""}
                for c in result.columns]
-    return Translation(final, None, schemas, [final])
+    tmpl = lifter.template(text, result.window, schemas) if lifter is not None else None
+    final = lifter.render(text) if lifter is not None else text
+    safety.check(final)
+    return Translation(final, None, schemas, [final], tmpl.text if tmpl is not None else final), tmpl
 
 
 def _show(tree: DeepFlowShow, db: str | None, precision: str | None, language: str) -> Translation:
@@ -85,6 +157,13 @@ def _show(tree: DeepFlowShow, db: str | None, precision: str | None, language: s
     return Translation(None, {"columns": ans.columns, "values": ans.values or [], "schemas": []}, [], queries)
 
 
-def cache_info():
-    """Hits and misses of the translation cache (for /metrics and benchmarks)."""
-    return _translate.cache_info()
+def cache_info() -> dict[str, int]:
+    """How ``translate`` answered: from the exact-text cache, from a shape's template, or from scratch
+    (for /metrics and benchmarks)."""
+    return {"exact_hits": _exact.hits, "shape_hits": _templates.hits, "translated": _translated[0]}
+
+
+def cache_clear() -> None:
+    for cache in (_exact, _lifted, _templates):
+        cache.clear()
+    _translated[0] = 0

@@ -115,15 +115,25 @@ class DeepFlow(Dialect):
     Generator = DeepFlowGenerator
 
 
+class _NamesUnquoted(DeepFlowGenerator):
+    def identifier_sql(self, expression: exp.Identifier) -> str:
+        if expression.quoted:
+            expression = exp.Identifier(this=expression.this)
+        return super().identifier_sql(expression)
+
+
+class DeepFlowText(DeepFlow):
+    """DeepFlow SQL as DeepFlow names a column after it: identifiers without their quotes."""
+
+    Generator = _NamesUnquoted
+
+
 def text(node: exp.Expression) -> str:
     """DeepFlow's text of an expression (its default column name): names as written, identifiers
     without their quotes (`` Sum(`byte`) `` is named ``Sum(byte)``)."""
     if isinstance(node, exp.Column) and not node.table:
         return node.name
-    node = node.copy()
-    for ident in node.find_all(exp.Identifier):
-        ident.set("quoted", False)
-    return node.sql(dialect=DeepFlow, normalize_functions=False)
+    return node.sql(dialect=DeepFlowText, normalize_functions=False)
 
 
 def parse(sql: str) -> exp.Expression:

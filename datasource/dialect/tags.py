@@ -58,8 +58,24 @@ def resolve(cat: TableCatalog, name: str) -> TagRef | None:
 
 # -- SQL pieces ------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Param:
+    """A literal of the request that the translation only copies into the SQL (see shape.py): a shape's
+    template holds its marker, and every request's own value is rendered there by ``literal``."""
+
+    index: int                    # its slot: the number in its marker
+    value: object                 # this request's value, already converted as the SQL compares it
+
+    @property
+    def marker(self) -> str:
+        # NUL never reaches the translator in a request (guard.check_input refuses it; shape.py too)
+        return f"\x00{self.index}\x00"
+
+
 def literal(v: object) -> str:
-    """A Python value as a ClickHouse literal (strings quoted and escaped)."""
+    """A Python value as a ClickHouse literal (strings quoted and escaped); a Param as its marker."""
+    if isinstance(v, Param):
+        return v.marker
     if isinstance(v, bool):
         return "1" if v else "0"
     if isinstance(v, int | float):
@@ -253,8 +269,17 @@ def compare(expr: str, op: str, values: list) -> str:
     return f"{expr} {op} {literal(v)}"
 
 
+def compared_as_is(ref: TagRef) -> bool:
+    """Whether ``filter_`` compares the tag's value with the (coerced) literals themselves — no id
+    sets, address ranges or label lookups of its own: a literal then only reaches the SQL through
+    ``literal`` (and may be a shape's parameter)."""
+    return not ref.dynamic and ref.tag is not None and ref.tag.kind not in ("resource", "auto", "ip")
+
+
 def filter_(ref: TagRef, op: str, values: list, stored_type: str = "") -> str:
     """The WHERE predicate for ``tag <op> values``; ``values`` are Python literals."""
+    if compared_as_is(ref):
+        return compare(select(ref), op, coerce(values, stored_type))
     tag = ref.tag
     if op in NEGATIONS and (ref.dynamic == "k8s_label" or (tag is not None and tag.kind in ("resource", "auto", "ip"))):
         return f"NOT ({filter_(ref, NEGATIONS[op], values, stored_type)})"
@@ -283,9 +308,7 @@ def filter_(ref: TagRef, op: str, values: list, stored_type: str = "") -> str:
         typ, id_, _ = _auto_parts(ref)
         return (f"if({typ} IN (0, 255), {compare(ip_string(ref), op, values)}, (toUInt64({id_}), toUInt64({typ})) "
                 f"GLOBAL IN (SELECT deviceid, devicetype FROM flow_tag.device_map WHERE {compare('name', op, values)}))")
-    if tag.kind == "ip":
-        return ip_filter(ref, op, values)
-    return compare(select(ref), op, coerce(values, stored_type))
+    return ip_filter(ref, op, values)
 
 
 def coerce(values: list, stored_type: str) -> list:
@@ -293,7 +316,9 @@ def coerce(values: list, stored_type: str) -> list:
     numeric = any(stored_type.replace("Nullable(", "").startswith(p) for p in ("Int", "UInt", "Float"))
     out = []
     for v in values:
-        if numeric and isinstance(v, str):
+        if isinstance(v, Param):          # converted before it was lifted (translate.py)
+            pass
+        elif numeric and isinstance(v, str):
             v = number(v)
         elif stored_type and not numeric and isinstance(v, int | float) and not stored_type.startswith("Date"):
             v = str(v)

@@ -64,6 +64,9 @@ PASS_THROUGH = frozenset({
 TAG_AGGREGATES = {"uniq": "uniq", "uniqExact": "uniqExact", "countDistinct": "uniqExact", "any": "any",
                   "topK": "topK"}
 CASE_INSENSITIVE = {"enum": "Enum", "time": "time", "if": "if"}
+# Comparisons whose literals reach the SQL only as ``tags.literal(value)``, one per value (LIKE and
+# REGEXP rewrite their pattern): their literals may be a shape's parameters (shape.py).
+LIFTABLE_OPS = frozenset({"=", "!=", ">", ">=", "<", "<=", "in", "not in"})
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class TimeBucket:
 
 def ident(name: str) -> str:
     """A quoted ClickHouse identifier (output names may hold any character)."""
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _fname(node: exp.Anonymous) -> str:
@@ -111,21 +114,28 @@ class SelectTranslation:
     columns: list[Column]
     table: str                    # the physical table, db-qualified
     shadowed: set[str] = field(default_factory=set)   # output names hiding a stored column
+    # set when the WHERE time range sized an aggregate (Avg, PerSecond, Time_interval): the range's
+    # comparisons (lower bound?, strict?, value node), the datasource interval and the seconds they gave
+    window: tuple[list[tuple[bool, bool, exp.Expression]], int, float] | None = None
 
 
 class Translator:
     """Translates one SELECT; holds what the clauses share (aliases, time bucket, partials)."""
 
-    def __init__(self, tree: exp.Select, db: str | None, precision: str | None, language: str) -> None:
+    def __init__(self, tree: exp.Select, db: str | None, precision: str | None, language: str,
+                 lifter=None) -> None:
         self.tree = tree
         self.language = language
+        self.lifter = lifter                  # shape.Lifter: makes the liftable literals Params
         self.cat, self.precision = self._table(tree, db, precision)
         self.table = self.cat.table
         self.ds = self.table.interval(self.precision)
         self.physical = f"{self.table.db}.{ident(self.table.physical(self.precision))}"
         self.aliases: dict[str, exp.Expression] = {}
         self.time: TimeBucket | None = None
+        self.range_terms: list[tuple[bool, bool, exp.Expression]] = []
         self.range: tuple[float | None, float | None] = (None, None)
+        self.range_used = False               # interval() read the WHERE time range
         self.outer = False                    # translating the outer layer of a two-layer query
         self.partials: dict[str, agg.Partial] = {}
         self.layered = False
@@ -166,7 +176,8 @@ class Translator:
         for node in tree.expressions:
             if isinstance(node, exp.Alias):
                 self.aliases[node.alias] = node.this
-        self.range = self._time_range(tree.args.get("where"))
+        self.range_terms = _range_terms(tree.args.get("where"))
+        self.range = fold_range([(lower, strict, _evaluate(n)) for lower, strict, n in self.range_terms])
         self._find_time(tree.expressions)
         self.layered = self.table.layered and self._needs_layers()
         histogram = [n for n in tree.expressions if self._is_histogram(n)]
@@ -179,7 +190,10 @@ class Translator:
             sql = self._two_layers(columns, group, where_sql)
         else:
             sql = self._one_layer(columns, group, where_sql)
-        return SelectTranslation(sql, columns, self.physical, self._shadowed(columns))
+        return SelectTranslation(sql, columns, self.physical, self._shadowed(columns), self._window())
+
+    def _window(self) -> tuple[list, int, float] | None:
+        return (self.range_terms, self.ds, self.interval()) if self.range_used else None
 
     def _shadowed(self, columns: list[Column]) -> set[str]:
         """Output names that are also stored columns but name another expression (see safety.py)."""
@@ -316,7 +330,8 @@ class Translator:
         if isinstance(node, exp.Null | exp.Boolean):
             return node.sql(dialect="clickhouse")
         if isinstance(node, exp.Neg):
-            return f"-{self.value(node.this, row=row)}"
+            inner = self.value(node.this, row=row)
+            return f"-({inner})" if inner.startswith("-") else f"-{inner}"    # never `--`, a comment
         if isinstance(node, exp.Column):
             return self._name(node, row=row)
         if isinstance(node, exp.If):
@@ -640,48 +655,13 @@ class Translator:
             raise DialectError(f"{text(call)}: {text(node)} must be a number{where(node)}")
         return value
 
-    def _time_range(self, where_: exp.Where | None) -> tuple[float | None, float | None]:
-        """TimeStart/TimeEnd from ``time >= a AND time <= b`` at the top of WHERE (Avg, PerSecond)."""
-        start = end = None
-        if where_ is None:
-            return start, end
-        stack = [where_.this]
-        while stack:
-            n = stack.pop()
-            if isinstance(n, exp.And):
-                stack += [n.this, n.expression]
-                continue
-            if isinstance(n, exp.Paren):
-                stack.append(n.this)
-                continue
-            if not isinstance(n, exp.GT | exp.GTE | exp.LT | exp.LTE):
-                continue
-            left, right = n.this, n.expression
-            flipped = False
-            if not (isinstance(left, exp.Column) and left.name == "time"):
-                left, right, flipped = right, left, True
-                if not (isinstance(left, exp.Column) and left.name == "time"):
-                    continue
-            v = _evaluate(right)
-            if v is None:
-                continue
-            lower = isinstance(n, exp.GT | exp.GTE) != flipped
-            if lower:
-                start = v + (1 if isinstance(n, exp.GT) else 0) if start is None else max(start, v)
-            else:
-                end = v - (1 if isinstance(n, exp.LT) else 0) if end is None else min(end, v)
-        return start, end
-
     def interval(self) -> float:
         """Seconds of the window an aggregate covers: the time() bucket × window, else the WHERE time
         range aligned to the datasource interval, else one datasource interval (DeepFlow)."""
         if self.time is not None:
             return self.time.interval * self.time.window
-        start, end = self.range
-        if start is not None and end is not None and end >= start:
-            ds = self.ds
-            return (end // ds * ds) - (start // ds * ds) + ds
-        return self.ds
+        self.range_used = True
+        return range_seconds(self.range, self.ds)
 
     def _intervals(self) -> str:
         n = self.interval() / self.ds
@@ -756,7 +736,7 @@ class Translator:
             return self._exist(node)
         if having:
             return self._compare_values(node, aggregate=True)
-        op, left, values = _comparison(node)
+        op, left, values, items = _comparison(node)
         if op is None:
             return self._compare_values(node, aggregate=False)
         ref, enum = self._filter_target(left)
@@ -767,12 +747,22 @@ class Translator:
                     if sql is None:
                         raise self._unsupported(left)
                     return sql
-                return tags.filter_(ref, op, values, self._stored_type(ref))
+                stored = self._stored_type(ref)
+                if tags.compared_as_is(ref):
+                    values = self._lift(op, items, tags.coerce(values, stored), (_coerced, stored))
+                return tags.filter_(ref, op, values, stored)
             except ValueError as e:
                 raise DialectError(f"{e}{where(node)}", status=400) from None
         if isinstance(left, exp.Column) and left.name == "time" and values is not None:
-            return tags.compare("time", op, [_time_value(v) for v in values])
+            return tags.compare("time", op, self._lift(op, items, [_time_value(v) for v in values], (_time_value,)))
         return self._compare_values(node, aggregate=False)
+
+    def _lift(self, op: str, items: list[exp.Expression], values: list, convert: tuple) -> list:
+        """The values a comparison renders, with the literals a shape may vary as Params. ``convert``:
+        (function, *args) turning a literal's value into the one rendered, as done for ``values``."""
+        if self.lifter is None or op not in LIFTABLE_OPS:
+            return values
+        return [self.lifter.lift(item, v, convert) for item, v in zip(items, values, strict=True)]
 
     def _filter_target(self, left: exp.Expression) -> tuple[TagRef | None, bool]:
         """The tag a WHERE comparison is about (aliases resolve to what they name), and whether Enum()."""
@@ -795,10 +785,13 @@ class Translator:
 
     def _compare_values(self, node: exp.Expression, *, aggregate: bool) -> str:
         """A comparison between expressions (metrics, aggregates, stored columns)."""
-        op, left, values = _comparison(node)
+        op, left, values, items = _comparison(node)
         if op is not None and values is not None:
-            numeric = [_number_or(v) for v in values] if aggregate or self._numeric(left) else values
-            return tags.compare(self.value(left, row=not aggregate), op, numeric)
+            if aggregate or self._numeric(left):
+                values = self._lift(op, items, [_number_or(v) for v in values], (_number_or,))
+            else:
+                values = self._lift(op, items, values, (_same,))
+            return tags.compare(self.value(left, row=not aggregate), op, values)
         if isinstance(node, exp.Binary) and type(node) in _COMPARISONS:
             return (f"{self.value(node.this, row=not aggregate)} {_COMPARISONS[type(node)]} "
                     f"{self.value(node.expression, row=not aggregate)}")
@@ -888,15 +881,15 @@ class Translator:
             sql += f" GROUP BY {', '.join(ident(c.name) for c in columns)}"
         limit = self.tree.args.get("limit")
         sql += f" LIMIT {self._int(limit.expression, 'LIMIT') if limit is not None else DEFAULT_LIMIT}"
-        return SelectTranslation(sql, outer_cols, self.physical, self._shadowed(columns))
+        return SelectTranslation(sql, outer_cols, self.physical, self._shadowed(columns), self._window())
 
 
 _ARITHMETIC = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%"}
 _COMPARISONS = {exp.EQ: "=", exp.NEQ: "!=", exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<="}
 
 
-def _comparison(node: exp.Expression) -> tuple[str | None, exp.Expression | None, list | None]:
-    """(operator, left side, literal values) of a simple comparison, else (None, …)."""
+def _comparison(node: exp.Expression) -> tuple[str | None, exp.Expression | None, list | None, list]:
+    """(operator, left side, literal values, their nodes) of a simple comparison, else (None, …)."""
     negate = False
     if isinstance(node, exp.Not):
         negate, node = True, node.this
@@ -917,12 +910,12 @@ def _comparison(node: exp.Expression) -> tuple[str | None, exp.Expression | None
     elif isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
         op = "is null"
     if op is None:
-        return None, None, None
+        return None, None, None, []
     if negate:
         op = {"=": "!=", "in": "not in", "like": "not like", "regexp": "not regexp", "is null": "is not null"}.get(op)
         if op is None:
-            return None, None, None
-    values = []
+            return None, None, None, []
+    values, nodes = [], []
     for r in rhs:
         if isinstance(r, exp.Paren | exp.Tuple):
             items = r.expressions if isinstance(r, exp.Tuple) else [r.this]
@@ -931,9 +924,10 @@ def _comparison(node: exp.Expression) -> tuple[str | None, exp.Expression | None
         for item in items:
             v = _literal(item)
             if v is _NOT_LITERAL:
-                return op, node.this, None
+                return op, node.this, None, []
             values.append(v)
-    return op, node.this, values
+            nodes.append(item)
+    return op, node.this, values, nodes
 
 
 _NOT_LITERAL = object()
@@ -1002,6 +996,65 @@ def _number_or(v):
     return v
 
 
-def translate_select(tree: exp.Select, db: str | None, precision: str | None, language: str) -> SelectTranslation:
-    return Translator(tree, db, precision, language).run()
+def _same(v):
+    return v
+
+
+def _coerced(v, stored_type: str):
+    return tags.coerce([v], stored_type)[0]
+
+
+def _range_terms(where_: exp.Where | None) -> list[tuple[bool, bool, exp.Expression]]:
+    """The time bounds at the top of WHERE (``time >= a AND time <= b``, either side): (lower bound?,
+    strict?, the bound's expression), in the order ``fold_range`` takes them."""
+    terms: list[tuple[bool, bool, exp.Expression]] = []
+    if where_ is None:
+        return terms
+    stack = [where_.this]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, exp.And):
+            stack += [n.this, n.expression]
+            continue
+        if isinstance(n, exp.Paren):
+            stack.append(n.this)
+            continue
+        if not isinstance(n, exp.GT | exp.GTE | exp.LT | exp.LTE):
+            continue
+        left, right = n.this, n.expression
+        flipped = False
+        if not (isinstance(left, exp.Column) and left.name == "time"):
+            left, right, flipped = right, left, True
+            if not (isinstance(left, exp.Column) and left.name == "time"):
+                continue
+        lower = isinstance(n, exp.GT | exp.GTE) != flipped
+        terms.append((lower, isinstance(n, exp.GT) if lower else isinstance(n, exp.LT), right))
+    return terms
+
+
+def fold_range(terms: list[tuple[bool, bool, float | None]]) -> tuple[float | None, float | None]:
+    """TimeStart/TimeEnd from the bounds' values (None: not a number, ignored)."""
+    start = end = None
+    for lower, strict, v in terms:
+        if v is None:
+            continue
+        if lower:
+            start = v + (1 if strict else 0) if start is None else max(start, v)
+        else:
+            end = v - (1 if strict else 0) if end is None else min(end, v)
+    return start, end
+
+
+def range_seconds(time_range: tuple[float | None, float | None], ds: int) -> float:
+    """The WHERE time range aligned to the datasource interval, else one datasource interval."""
+    start, end = time_range
+    if start is not None and end is not None and end >= start:
+        return (end // ds * ds) - (start // ds * ds) + ds
+    return ds
+
+
+def translate_select(tree: exp.Select, db: str | None, precision: str | None, language: str,
+                     lifter=None) -> SelectTranslation:
+    """``lifter`` (shape.Lifter): translate into a template whose liftable literals are markers."""
+    return Translator(tree, db, precision, language, lifter).run()
 
