@@ -21,7 +21,8 @@ RESOURCE = ("region_id", "az_id", "host_id", "l3_device_type", "l3_device_id", "
 TAG_SOURCES = ("region", "az", "pod_cluster", "pod_node", "pod_ns", "pod_group", "pod_service", "pod",
                "subnet", "l3_epc", "chost", "gprocess", "vtap", "device", "vtap_port", "pod_k8s_label",
                "pod_k8s_labels", "pod_service_k8s_label", "pod_service_k8s_labels", "ip_resource", "int_enum",
-               "string_enum")
+               "string_enum", "pod_k8s_annotation", "pod_k8s_annotations", "pod_service_k8s_annotation",
+               "pod_service_k8s_annotations")
 METRICS = tuple(f"{family}.{res}" for family in ("network", "network_map", "application", "application_map")
                 for res in ("1s", "1m"))
 
@@ -312,11 +313,11 @@ def test_edited_file_is_reported_not_reapplied_and_new_file_applies(chdb, tmp_pa
 
     flow_log.write_text(flow_log.read_text().replace("l7_parse_failed          UInt32",
                                                      "l7_parse_failed          UInt64"))
-    (sql / "0005_extra.sql").write_text("CREATE TABLE IF NOT EXISTS flowscope.extra (x UInt8)\n"
+    (sql / "0099_extra.sql").write_text("CREATE TABLE IF NOT EXISTS flowscope.extra (x UInt8)\n"
                                         "ENGINE = MergeTree\nORDER BY x;\n")
     report = migrate.apply(chdb, sql_dir=sql)
 
-    assert report.applied == [5]
+    assert report.applied == [99]
     assert len(report.warnings) == 1
     assert "0002_flow_log.sql changed since it was applied" in report.warnings[0]
     assert columns(chdb, "flow_log.l4_flow_log")["l7_parse_failed"] == "UInt32"

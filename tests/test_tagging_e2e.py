@@ -198,3 +198,10 @@ def test_kubernetes_inventory_tags_the_same_pcap(tmp_path: Path) -> None:
     }
     assert {(r["ns_0"], r["group_0"], r["group_type_0"], r["cluster_0"], r["node_0"]) for r in got if r["pod_0"]} == {
         ("shop", "web", 130, "lab", "node-2"), ("payments", "api", 130, "lab", "node-1")}
+    notes = rows(tmp_path, """
+        SELECT dictGet('flow_tag.pod_k8s_annotation_map', 'value',
+                       (toUInt64(pod_id_1), 'ovn.kubernetes.io/logical_switch')) AS switch,
+               JSONExtractString(dictGet('flow_tag.pod_k8s_annotations_map', 'annotations', toUInt64(pod_id_1)),
+                                 'ovn.kubernetes.io/ip_address') AS ips
+        FROM flow_log.l4_flow_log WHERE server_port = 8080 AND is_ipv4 LIMIT 1""")
+    assert notes == [{"switch": "ovn-default", "ips": "10.16.0.20,fd00:10:16::20"}]   # Kube-OVN's annotations

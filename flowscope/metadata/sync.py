@@ -49,15 +49,21 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "pod_k8s_labels": ("id", "labels", "l3_epc_id", "pod_ns_id"),
     "pod_service_k8s_label": ("id", "key", "value", "l3_epc_id", "pod_ns_id"),
     "pod_service_k8s_labels": ("id", "labels", "l3_epc_id", "pod_ns_id"),
+    "pod_k8s_annotation": ("id", "key", "value", "l3_epc_id", "pod_ns_id"),
+    "pod_k8s_annotations": ("id", "annotations", "l3_epc_id", "pod_ns_id"),
+    "pod_service_k8s_annotation": ("id", "key", "value", "l3_epc_id", "pod_ns_id"),
+    "pod_service_k8s_annotations": ("id", "annotations", "l3_epc_id", "pod_ns_id"),
     "ip_resource": ("ip", "subnet_id", "region_id", "region_name", "az_id", "az_name", "host_id", "host_name",
                     "chost_id", "chost_name", "vpc_id", "vpc_name", "pod_cluster_id", "pod_cluster_name",
                     "pod_ns_id", "pod_ns_name", "pod_node_id", "pod_node_name", "pod_service_id",
                     "pod_service_name", "pod_group_id", "pod_group_name", "pod_id", "pod_name", "uid"),
 }
-KEY_WIDTH = {"device": 2, "pod_k8s_label": 2, "pod_service_k8s_label": 2, "ip_resource": 2}
+KEY_WIDTH = {"device": 2, "pod_k8s_label": 2, "pod_service_k8s_label": 2, "ip_resource": 2,
+             "pod_k8s_annotation": 2, "pod_service_k8s_annotation": 2}
 # Per-key label tables: a label removed from a resource gets a row with value "" (what a missing key
 # resolves to), else the dictionary would keep the old value. (owner kind, table)
-LABEL_TABLES = {"pod_k8s_label": "pod", "pod_service_k8s_label": "service"}
+LABEL_TABLES = {"pod_k8s_label": "pod", "pod_service_k8s_label": "service",
+                "pod_k8s_annotation": "pod", "pod_service_k8s_annotation": "service"}
 
 Row = tuple[Any, ...]
 
@@ -162,6 +168,9 @@ def build_rows(records: list[StoredRecord]) -> dict[str, list[Row]]:
             rows["device"].append((DEVICE_SERVICE, s.id, r.name, r.uid, "", _first_ip(s), 0))
             rows["pod_service_k8s_label"] += [(s.id, k, v, VPC_ID, s.namespace_id) for k, v in r.labels.items()]
             rows["pod_service_k8s_labels"].append((s.id, _labels_json(r.labels), VPC_ID, s.namespace_id))
+            rows["pod_service_k8s_annotation"] += [(s.id, k, v, VPC_ID, s.namespace_id)
+                                                   for k, v in r.annotations.items()]
+            rows["pod_service_k8s_annotations"].append((s.id, _labels_json(r.annotations), VPC_ID, s.namespace_id))
             for ip in r.ips:
                 own(ip, s, 3, pod_ns_id=s.namespace_id, pod_ns_name=ns_name,
                     pod_service_id=s.id, pod_service_name=r.name)
@@ -171,6 +180,8 @@ def build_rows(records: list[StoredRecord]) -> dict[str, list[Row]]:
             rows["device"].append((DEVICE_POD, s.id, r.name, r.uid, "", _first_ip(s), 0))
             rows["pod_k8s_label"] += [(s.id, k, v, VPC_ID, s.namespace_id) for k, v in r.labels.items()]
             rows["pod_k8s_labels"].append((s.id, _labels_json(r.labels), VPC_ID, s.namespace_id))
+            rows["pod_k8s_annotation"] += [(s.id, k, v, VPC_ID, s.namespace_id) for k, v in r.annotations.items()]
+            rows["pod_k8s_annotations"].append((s.id, _labels_json(r.annotations), VPC_ID, s.namespace_id))
             if not r.host_network:  # a host-network pod's IP is its node's
                 for ip in r.ips:
                     own(ip, s, 4, pod_ns_id=s.namespace_id, pod_ns_name=ns_name,
