@@ -12,6 +12,7 @@ from __future__ import annotations
 from operator import sub
 
 from collector.flow.model import N_LAT3, SEC, ZERO_IP6, ZERO_LAT, Flow, side_counters
+from collector.l7.base import SESSION
 from collector.tagging import RESOURCE_COLUMNS
 
 LAT_NAMES = ("rtt", "rtt_client", "rtt_server", "srt", "art", "cit")
@@ -234,6 +235,21 @@ def l7_flow_part(f: Flow, agent_id: int) -> tuple:
     k = f.mkey
     return (f.flow_id, c.ip4, s.ip4, c.ip6, s.ip6, f.is_v4, f.proto, c.port, s.port, 3, k[10], 0, k[11], f.obs,
             agent_id, 0, f.score, c.tag_id, s.tag_id)
+
+
+def l7_session_record(req, resp, protocol: int, row_id: int, reversed_: int) -> tuple:
+    """``l7_record`` of a request paired with its own response (SESSION, no status override): the
+    common record, without the general case's tests for a missing half."""
+    start, end = req.ts, resp.ts
+    a, b = req.attributes, resp.attributes
+    attrs = ({**a, **b} if b else dict(a)) if a else (dict(b) if b else None)
+    return (end // SEC, row_id, start, end, end - start, resp.l7_protocol or req.l7_protocol or protocol,
+            req.biz_protocol, resp.version or req.version, SESSION, req.is_tls or resp.is_tls, reversed_,
+            req.request_type, req.request_domain, req.request_resource, req.endpoint or resp.endpoint,
+            req.request_id, resp.response_status, resp.response_code, resp.response_exception,
+            resp.response_result, req.trace_id or resp.trace_id, req.span_id or resp.span_id, req.parent_span_id,
+            req.x_request_id, resp.x_request_id, req.http_proxy_client, req.tcp_seq, resp.tcp_seq, req.length,
+            resp.length, resp.sql_affected_rows, req.captured, resp.captured, attrs)
 
 
 def l7_record(kind: int, req, resp, status: int | None, protocol: int, row_id: int, reversed_: int) -> tuple:

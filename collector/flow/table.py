@@ -37,9 +37,9 @@ from collector.flow.model import (
     FlowSide,
 )
 from collector.flow.observation import NearEnd, observation_point
-from collector.flow.report import RowBuilder, l7_flow_part, l7_record
+from collector.flow.report import RowBuilder, l7_flow_part, l7_record, l7_session_record
 from collector.flow.tcp import ACK, ESTABLISHED, FIN, NOT_TCP, RST, SYN
-from collector.l7.base import CLIENT_ERROR, REQUEST, SERVER_ERROR, TIMEOUT
+from collector.l7.base import CLIENT_ERROR, OK, REQUEST, SERVER_ERROR, SESSION, TIMEOUT
 from collector.l7.registry import MAX_ATTEMPTS, Detector
 from collector.l7.session import Sessions
 from collector.tagging import Tagger
@@ -87,13 +87,14 @@ class FlowConfig:
 class L7State:
     """A flow's parser and its pending requests."""
 
-    __slots__ = ("parser", "protocol", "sessions", "wake")
+    __slots__ = ("flow_part", "parser", "protocol", "sessions", "wake")
 
     def __init__(self, parser, protocol: int, timeout_s: float) -> None:
         self.parser = parser
         self.protocol = protocol
         self.sessions = Sessions(timeout_s)
         self.wake: int | None = None    # the second the flow's timer checks its pending requests
+        self.flow_part: tuple | None = None   # the flow's share of its l7_flow_log rows (l7_flow_part)
 
 
 class FlowTable:
@@ -393,8 +394,9 @@ class FlowTable:
             parser = spec.parser(self.l7.config)
             state = f.l7 = L7State(parser, spec.protocol, getattr(parser, "timeout_s", 120.0))
             f.l7_protocol = spec.protocol
-        from_client = sd.is_client != bool(f.l7_rev)
-        r = state.parser.feed(payload, length, from_client, ts, seq)
+        r = state.parser.feed(payload, length, not sd.is_client if f.l7_rev else sd.is_client, ts, seq)
+        if not r and r.__class__ is list:       # most segments complete no message (a body's middle)
+            return
         out: list = []
         if isinstance(r, str):
             self.l7.gave_up[r.split(":", 1)[0] + ": " + r.split(":", 1)[-1].strip()[:60]] += 1
@@ -427,7 +429,9 @@ class FlowTable:
 
     def _l7_records(self, f: Flow, state: L7State, records: list, sec: int) -> None:
         """Rows for l7_flow_log, application metrics, and the flow's L7 counts."""
-        flow_part = l7_flow_part(f, self.cfg.agent_id)
+        flow_part = state.flow_part
+        if flow_part is None or flow_part[16] != f.score:     # direction_score is the part that can change
+            flow_part = state.flow_part = l7_flow_part(f, self.cfg.agent_id)
         rows = self._l7_rows
         rb = self.rows
         w = f.l7w
@@ -436,8 +440,12 @@ class FlowTable:
         # request, response, client_error, server_error, timeout, rrt_sum, rrt_count, rrt_max, parse_failed
         for kind, req, resp, status in records:
             rb._row_seq += 1
-            rec = l7_record(kind, req, resp, status, state.protocol, ((sec << 32) | rb._id_mid
-                            | (rb._row_seq & 0x3FFFFF)), f.l7_rev)
+            row_id = (sec << 32) | rb._id_mid | (rb._row_seq & 0x3FFFFF)
+            if kind == SESSION and status is None and req is not resp:
+                self._l7_session(f, w, rows, flow_part + l7_session_record(req, resp, state.protocol, row_id,
+                                                                            f.l7_rev))
+                continue
+            rec = l7_record(kind, req, resp, status, state.protocol, row_id, f.l7_rev)
             rows.append(flow_part + rec)
             st = rec[16]
             n_req = 1 if req is not None else 0
@@ -463,6 +471,41 @@ class FlowTable:
         if not f.dirty:             # counts made at a timer (timeouts) go out with the next second
             f.dirty = True
             self._dirty.append(f)
+
+    @staticmethod
+    def _l7_session(f: Flow, w: list, rows: list, row: tuple) -> None:
+        """A paired request and response (the common record): its row, and its counts into the
+        window (``w``, l4_flow_log) and into this second's per-endpoint accumulators (what
+        ``RowBuilder.l7_counts`` does, without the general case's tests for a missing half)."""
+        rows.append(row)
+        st = row[35]                # response_status (L7_COLUMNS)
+        rrt = row[23]               # response_duration
+        acc = f.l7s
+        if acc is None:
+            acc = f.l7s = {}
+        key = (row[24], row[33])    # l7_protocol, endpoint
+        cur = acc.get(key)
+        if st == OK:
+            cerr = serr = tmo = 0
+        else:
+            cerr = 1 if st == CLIENT_ERROR else 0
+            serr = 1 if st == SERVER_ERROR else 0
+            tmo = 1 if st == TIMEOUT else 0
+        if cur is None:
+            acc[key] = [1, 1, cerr, serr, tmo, rrt, 1, rrt]
+            both: tuple = (w,)
+        else:
+            both = (w, cur)
+        for counts in both:
+            counts[0] += 1
+            counts[1] += 1
+            counts[2] += cerr
+            counts[3] += serr
+            counts[4] += tmo
+            counts[5] += rrt
+            counts[6] += 1
+            if rrt > counts[7]:
+                counts[7] = rrt
 
     def _l7_expire(self, f: Flow, now: int) -> None:
         state = f.l7

@@ -49,6 +49,10 @@ from collector.l7.common import clip, http_endpoint, trace_context, trace_names
 METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"))
 _METHOD_STR = {m: m.decode() for m in METHODS}
 _VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+# The usual status lines' first 13 bytes ("HTTP/1.1 200 ", or all of "HTTP/1.1 204") → (code,
+# version): one lookup instead of the checks of _is_status_line; other lines take those checks.
+_STATUS_LINES = {b"HTTP/1.%d %d%s" % (minor, code, sp): (code, f"1.{minor}")
+                 for minor in (0, 1) for code in range(100, 600) for sp in (b"", b" ")}
 _TOKEN_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_"    # other methods (WebDAV, SSDP) are upper-case tokens
 _HEX = b"0123456789abcdefABCDEF"
 _CHUNK_LINE_MAX = 4096        # a chunk-size line with its extensions; longer is not HTTP
@@ -140,13 +144,56 @@ def _is_chunked(te: bytes) -> bool:
     return te.rpartition(b",")[2].strip().lower() == b"chunked"
 
 
-@lru_cache(maxsize=8192)
 def _endpoint(target: str, depth: int, strip_ids: bool) -> str:
-    """Endpoint of a request target; absolute-form targets (to proxies) use their path. Cached:
-    the same targets come again and again."""
+    """Endpoint of a request target; absolute-form targets (to proxies) use their path."""
     if target[:1] != "/" and "://" in target:
         target = "/" + target.partition("://")[2].partition("/")[2]
     return http_endpoint(target, depth=depth, strip_ids=strip_ids)
+
+
+# -- what the flows of a process share -----------------------------------------------------------
+# The same request targets and header lines come again and again (one client library, one server,
+# this second's Date), so what a parser works out from them is kept per configuration, bounded
+# (a cache starts over when full), for every flow. Only single dict operations touch these (the
+# capture and eBPF threads may both parse HTTP).
+
+_TARGETS_MAX = 8192          # request targets remembered
+_LINES_MAX = 4096            # header lines remembered (a message may add its own before the check)
+_LINE_KEEP = 256             # longest header line remembered (cookies and tokens rarely repeat)
+_UNSEEN = object()
+
+
+class _Vocabulary:
+    """The header names one trace-header setting reads, and the header lines seen."""
+
+    __slots__ = ("lines", "trace", "wanted")
+
+    def __init__(self, trace_headers: tuple[str, ...]) -> None:
+        wanted = dict(_BASE_HEADERS)
+        trace = trace_names(trace_headers)
+        for h in trace:
+            wanted[h.encode()] = h
+        self.wanted = wanted                      # lower-case name → key
+        self.trace = frozenset(trace)
+        self.lines: dict[bytes, tuple[str, bytes] | None] = {}   # see HttpParser._message
+
+
+_vocabularies: dict[tuple[str, ...], _Vocabulary] = {}
+_target_caches: dict[tuple[int, bool], dict[bytes, tuple[str, str]]] = {}
+
+
+def _vocabulary(trace_headers: tuple[str, ...]) -> _Vocabulary:
+    key = tuple(trace_headers)
+    v = _vocabularies.get(key)
+    if v is None:
+        v = _vocabularies[key] = _Vocabulary(key)
+    return v
+
+
+def _target_cache(depth: int, strip_ids: bool) -> dict[bytes, tuple[str, str]]:
+    """Request target → (its text, its endpoint) for one endpoint setting: one lookup instead
+    of the decoding and the endpoint rules (see HttpParser._new_target)."""
+    return _target_caches.setdefault((depth, strip_ids), {})
 
 
 def _text(value: bytes | bytearray) -> str:
@@ -187,12 +234,11 @@ class HttpParser:
         self._cfg = config
         self._resource_max = config.result_max * 4
         self._text_max = config.result_max
-        wanted = dict(_BASE_HEADERS)
-        trace = trace_names(config.trace_headers)
-        for h in trace:
-            wanted[h.encode()] = h
-        self._wanted = wanted
-        self._trace = frozenset(trace)
+        vocabulary = _vocabulary(config.trace_headers)
+        self._wanted = vocabulary.wanted
+        self._trace = vocabulary.trace
+        self._lines = vocabulary.lines
+        self._targets = _target_cache(config.http_endpoint_depth, config.endpoint_strip_ids)
         self._client = _Side(True)
         self._server = _Side(False)
         self._client.other, self._server.other = self._server, self._client
@@ -208,8 +254,28 @@ class HttpParser:
         it completes."""
         if self._done:
             return self._gave_up if self._gave_up is not None else []
+        side = self._client if from_client else self._server
+        n = len(payload)
+        r = None
         try:
-            r = self._feed(payload, length, from_client, ts, seq)
+            # The usual segments are fully captured and in order; most of them are a body's
+            # middle or end, or start with a header block that they complete. Same results as
+            # the general ``_feed``, with less work.
+            nxt = side.next_seq
+            if (seq == nxt or nxt is None) and length == n and side.msg is None and not side.expect_100:
+                if not self._oriented and n:
+                    self._orient(payload, from_client)
+                mode = side.mode
+                if mode == BODY and n <= side.left:      # length arithmetic only
+                    side.next_seq = (seq + n) & MASK32
+                    side.left -= n
+                    if not side.left:
+                        side.mode = HEADERS
+                    return []
+                if mode == HEADERS and n and not side.buf:
+                    r = self._head(side, payload, n, ts, seq)
+            if r is None:
+                r = self._feed(payload, length, from_client, ts, seq)
         except Exception as e:     # a bug must cost one flow, not the collector
             r = GiveUp(f"http1: internal error {type(e).__name__}: {e}")
         if r.__class__ is GiveUp:
@@ -235,6 +301,13 @@ class HttpParser:
     def _feed(self, payload: bytes, length: int, from_client: bool, ts: int, seq: int) -> list[L7Message] | GiveUp:
         side = self._client if from_client else self._server
         n = len(payload)
+        msg = side.msg
+        if side.mode == CHUNK_DATA and seq == side.next_seq and length == n and n < side.left \
+                and self._oriented and not side.expect_100 and (msg is None or ts - msg.ts <= _CHUNK_HOLD_US):
+            side.next_seq = (seq + n) & MASK32    # a chunk's middle: length arithmetic only
+            side.left -= n
+            side.captured += n
+            return []
         if length < n:
             length = n
         out: list[L7Message] = []
@@ -278,6 +351,37 @@ class HttpParser:
                 return r
         return out
 
+    def _head(self, side: _Side, payload: bytes, n: int, ts: int, seq: int) -> list[L7Message] | GiveUp | None:
+        """A segment that begins with a complete CRLF header block (the common case): parse it
+        without the general walk's bookkeeping, then hand any rest of the segment (a body's
+        end, pipelined messages) to that walk. None: not this case, nothing done."""
+        c = payload[0]
+        if c == 13 or c == 10:
+            return None
+        end = payload.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = payload[:end]
+        if head.find(b"\n\n") >= 0:        # bare-LF line ends: the general walk (find, not ``in``:
+            return None                     # bytes ``in`` formats a TypeError before it searches)
+        side.next_seq = (seq + n) & MASK32
+        out: list[L7Message] = []
+        body_at = end + 4
+        r = self._message(side, head.split(b"\r\n"), ts, seq, body_at, n - body_at, 0, out)
+        if r is not None:
+            return r
+        rest = n - body_at
+        if rest and not self._done:
+            if side.mode == BODY and rest <= side.left:    # the body's start or all of it
+                side.left -= rest
+                if not side.left:
+                    side.mode = HEADERS
+                return out
+            r = self._consume(side, payload, ts, seq, out, body_at)
+            if r is not None:
+                return r
+        return out
+
     def _orient(self, payload: bytes, from_client: bool) -> None:
         """The flow table guesses who is the client; the first message says who sends requests."""
         self._oriented = True
@@ -285,8 +389,9 @@ class HttpParser:
         if (from_client and _is_status_line(p)) or (not from_client and _is_request_line(p)):
             self._client.is_req, self._server.is_req = False, True
 
-    def _consume(self, side: _Side, payload: bytes, ts: int, seq: int, out: list) -> GiveUp | None:
-        """Walk the captured bytes of one segment (after what the direction had buffered)."""
+    def _consume(self, side: _Side, payload: bytes, ts: int, seq: int, out: list, pos: int = 0) -> GiveUp | None:
+        """Walk the captured bytes of one segment (after what the direction had buffered), from
+        ``pos`` (only when nothing is buffered)."""
         buf = side.buf
         if buf:
             off = len(buf)
@@ -296,7 +401,7 @@ class HttpParser:
         else:
             off, data, base, first_ts = 0, payload, seq, ts
         n = len(data)
-        pos = blank = 0
+        blank = 0
         while pos < n:
             mode = side.mode
             if mode == HEADERS:
@@ -464,17 +569,26 @@ class HttpParser:
         emit the message, set the direction up for its body."""
         headers: dict[str, bytes] = {}
         clen: bytes | None = None
-        wanted = self._wanted
+        # What each header line says, (key, stripped value) of a field read here or None, is
+        # remembered across messages and flows (see _Vocabulary).
+        known = self._lines
+        if len(known) >= _LINES_MAX:
+            known.clear()
         for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon:
-                if line and line[0] in (32, 9):     # obs-fold: continues the previous field
-                    continue
-                return GiveUp(f"http1: header line without ':': {bytes(line[:40])!r}")
-            key = wanted.get(name.lower())
-            if key is None:
+            field = known.get(line, _UNSEEN)
+            if field is _UNSEEN:
+                name, colon, value = line.partition(b":")
+                if not colon:
+                    if line and line[0] in (32, 9):     # obs-fold: continues the previous field
+                        continue
+                    return GiveUp(f"http1: header line without ':': {bytes(line[:40])!r}")
+                key = self._wanted.get(name.lower())
+                field = None if key is None else (key, value.strip())
+                if len(line) <= _LINE_KEEP:
+                    known[line] = field
+            if field is None:
                 continue
-            value = value.strip()
+            key, value = field
             if key == "content-length":
                 if clen is not None and clen != value:
                     return GiveUp("http1: conflicting Content-Length headers")
@@ -505,34 +619,43 @@ class HttpParser:
                 mstr = method.decode()
             else:
                 return GiveUp(f"http1: bad method {bytes(method[:24])!r}")
-        version = _version(ver)
+        version = _VERSIONS.get(ver) or _version(ver)
         if version is None:
             if cut != 2:
                 return GiveUp(f"http1: bad version {bytes(ver[:16])!r}")
             version = ""
-        cfg = self._cfg
         msg = L7Message(REQUEST, ts, seq)
         msg.l7_protocol = HTTP1
         msg.version = version
         msg.request_type = mstr
-        path = target.decode("utf-8", "replace")
+        known = self._targets.get(target)
+        if known is None:
+            known = self._new_target(target)
+        path, msg.endpoint = known
         rmax = self._resource_max
         msg.request_resource = path if len(path) <= rmax else clip(path, rmax)
-        msg.endpoint = _endpoint(path, cfg.http_endpoint_depth, cfg.endpoint_strip_ids) if path else ""
+        rare = False
         if headers:
-            self._common_headers(msg, headers)
-            v = headers.get("host")
-            if v is not None:
-                v = v.decode("utf-8", "replace")
+            host = headers.get("host")
+            ua = headers.get("user-agent")
+            # Host and User-Agent come with almost every request; the other fields read here are
+            # rare, so they are looked up only when the block had some.
+            rare = len(headers) > (host is not None) + (ua is not None)
+            if host is not None:
+                v = host.decode("utf-8", "replace")
                 msg.request_domain = v if len(v) <= self._text_max else clip(v, self._text_max)
-            v = headers.get("x-forwarded-for")
-            if v is not None:
-                msg.http_proxy_client = clip(_text(v.partition(b",")[0].strip()), self._text_max)
-            ua, ref = headers.get("user-agent"), headers.get("referer")
+            ref = None
+            if rare:
+                self._common_headers(msg, headers)
+                v = headers.get("x-forwarded-for")
+                if v is not None:
+                    msg.http_proxy_client = clip(_text(v.partition(b",")[0].strip()), self._text_max)
+                ref = headers.get("referer")
             if ua is not None or ref is not None:
                 attrs = {}
                 if ua is not None:
-                    attrs["user_agent"] = clip(_text(ua), rmax)
+                    v = ua.decode("utf-8", "replace")
+                    attrs["user_agent"] = v if len(v) <= rmax else clip(v, rmax)
                 if ref is not None:
                     attrs["referer"] = clip(_text(ref), rmax)
                 msg.attributes = attrs
@@ -541,11 +664,13 @@ class HttpParser:
             host = path.partition("://")[2].partition("/")[0] if "://" in path else path if mstr == "CONNECT" else ""
             msg.request_domain = clip(host, self._text_max)
         self._methods.append(method)
-        up = headers.get("upgrade")
-        if up is not None and b"h2c" in up.lower() and "http2-settings" in headers:
-            # an h2c upgrade (RFC 7540 §3.2): if the server answers 101, HTTP/2 takes the flow over
-            self._h2c = ({":method": mstr, ":path": path, **{k: _text(v) for k, v in headers.items()}}, ts, seq)
-        te = headers.get("transfer-encoding")
+        te = None
+        if rare:
+            up = headers.get("upgrade")
+            if up is not None and b"h2c" in up.lower() and "http2-settings" in headers:
+                # an h2c upgrade (RFC 7540 §3.2): if the server answers 101, HTTP/2 takes the flow over
+                self._h2c = ({":method": mstr, ":path": path, **{k: _text(v) for k, v in headers.items()}}, ts, seq)
+            te = headers.get("transfer-encoding")
         if te is not None:
             if not _is_chunked(te):
                 return GiveUp("http1: request Transfer-Encoding without final chunked")
@@ -561,24 +686,27 @@ class HttpParser:
             msg.captured = hdr_len
             out.append(msg)
             return None
-        msg.captured = hdr_len + min(avail, body)
+        msg.captured = hdr_len + (avail if avail < body else body)
         out.append(msg)
         if body:
             side.mode, side.left = BODY, body
-            if avail == 0 and headers.get("expect", b"").lower() == b"100-continue":
+            if avail == 0 and rare and headers.get("expect", b"").lower() == b"100-continue":
                 side.expect_100 = True
         return None
 
     def _response(self, side: _Side, first: bytes, headers: dict, clen: bytes | None, ts: int, seq: int,
                   hdr_len: int, avail: int, cut: int, out: list) -> GiveUp | None:
-        if _is_status_line(first):
-            code = int(first[9:12])
-            if 100 <= code < 200 and code != 101:
-                return None                         # interim: the final response answers the request
+        known = _STATUS_LINES.get(first[:13])
+        if known is not None:
+            code, version = known
+        elif _is_status_line(first):
+            code, version = int(first[9:12]), _version(first[:8]) or ""
         elif cut == 2 and first[:7] == b"HTTP/1."[:len(first[:7])]:
-            code = None
+            code, version = None, _version(first[:8]) or ""
         else:
             return GiveUp(f"http1: bad status line {bytes(first[:40])!r}")
+        if code is not None and 100 <= code < 200 and code != 101:
+            return None                             # interim: the final response answers the request
         method = self._methods.popleft() if self._methods else None
         other = side.other
         if other.msg is not None:                  # its chunked request is still open: it goes first
@@ -587,7 +715,7 @@ class HttpParser:
             other.msg = None
         msg = L7Message(RESPONSE, ts, seq)
         msg.l7_protocol = HTTP1
-        msg.version = _version(first[:8]) or ""
+        msg.version = version
         msg.response_code = code
         if code is None:
             msg.response_status = PARSE_FAILED
@@ -615,7 +743,7 @@ class HttpParser:
         if method == b"HEAD" or code == 204 or code == 304:
             body: int | None = 0
         else:
-            te = headers.get("transfer-encoding")
+            te = headers.get("transfer-encoding") if headers else None
             if te is not None:
                 if _is_chunked(te):
                     return self._start_chunked(side, msg, hdr_len, cut, out)
@@ -629,18 +757,30 @@ class HttpParser:
             if body is None and not cut:
                 side.mode = TO_CLOSE
         msg.length = body
-        msg.captured = hdr_len if cut or not body else hdr_len + min(avail, body)
+        msg.captured = hdr_len if cut or not body else hdr_len + (avail if avail < body else body)
         out.append(msg)
         if body and not cut:
             side.mode, side.left = BODY, body
         return None
+
+    def _new_target(self, target: bytes) -> tuple[str, str]:
+        """(path text, endpoint) of a request target not seen before, remembered (the cache
+        starts over when full: ids the endpoint rules do not catch would grow it forever)."""
+        path = target.decode("utf-8", "replace")
+        cfg = self._cfg
+        known = (path, _endpoint(path, cfg.http_endpoint_depth, cfg.endpoint_strip_ids) if path else "")
+        cache = self._targets
+        if len(cache) >= _TARGETS_MAX:
+            cache.clear()
+        cache[target] = known
+        return known
 
     def _common_headers(self, msg: L7Message, headers: dict) -> None:
         """Headers both requests and responses carry: X-Request-ID and the trace context."""
         v = headers.get("x-request-id")
         if v is not None:
             msg.x_request_id = clip(_text(v), self._text_max)
-        if not self._trace.isdisjoint(headers.keys()):
+        if not self._trace.isdisjoint(headers):
             ctx = {k: v.decode("latin-1") for k, v in headers.items() if k in self._trace}
             msg.trace_id, msg.span_id, msg.parent_span_id = trace_context(ctx)
 
