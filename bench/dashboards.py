@@ -57,7 +57,7 @@ def requests() -> list[tuple[str, dict, dict]]:
         for v in dash["templating"]["list"]:
             if v["type"] == "query":
                 variables[v["name"]] = VariableState(v["name"], all=True, all_value=v["allValue"])
-                out.append((f"{d.uid}/${v['name']}", v["query"]["infinityQuery"], {}))
+                out.append((f"{d.uid}/${v['name']}", v["query"]["infinityQuery"], variables))   # chained: parents at All
             else:
                 variables[v["name"]] = VariableState(v["name"], values=[""])
         for p in dash["panels"]:

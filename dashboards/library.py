@@ -41,17 +41,27 @@ DATABASES = "l7_protocol IN (60, 80)"     # MySQL, Redis
 TRACING_UID = UID_PREFIX + "distributed-tracing"
 
 
-def _show(name: str, label: str, tag: str, db: str, table_: str, value: str = "display_name") -> Variable:
-    return Variable(name, label, db, f"SHOW tag {tag} values FROM {table_}", value=value)
+def _show(name: str, label: str, tag: str, db: str, table_: str, value: str = "display_name",
+          parents: tuple[tuple[str, str], ...] = ()) -> Variable:
+    """``SHOW tag X values``; ``parents`` (variable, tag) narrow it to the resources under what the
+    variables above it select (the dictionaries relate them: a namespace's cluster, a workload's
+    namespace), so picking a namespace leaves only its workloads and pods to pick from."""
+    sql = f"SHOW tag {tag} values FROM {table_}"
+    if parents:
+        sql += " WHERE " + where(*(pick(var, parent) for var, parent in parents))
+    return Variable(name, label, db, sql, value=value)
+
+
+K8S_CHAIN = (("cluster", "pod_cluster"), ("namespace", "pod_ns"), ("workload", "pod_group"))
 
 
 def k8s_variables(db: str, table_: str, *, pod: bool = False, protocol: bool = False,
                   observation_point: bool = False) -> tuple[Variable, ...]:
     out = [_show("cluster", "Cluster", "pod_cluster", db, table_),
-           _show("namespace", "Namespace", "pod_ns", db, table_),
-           _show("workload", "Workload", "pod_group", db, table_)]
+           _show("namespace", "Namespace", "pod_ns", db, table_, parents=K8S_CHAIN[:1]),
+           _show("workload", "Workload", "pod_group", db, table_, parents=K8S_CHAIN[:2])]
     if pod:
-        out.append(_show("pod", "Pod", "pod", db, table_))
+        out.append(_show("pod", "Pod", "pod", db, table_, parents=K8S_CHAIN))
     if protocol:
         out.append(_show("protocol", "Protocol", "l7_protocol", db, table_))
     if observation_point:

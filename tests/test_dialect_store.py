@@ -899,6 +899,15 @@ def test_show_tag_values(engine):
     assert nth == [[2, "payments", ""]]
     _, svc = dialect(engine, "show tag pod_service values from network where pod_ns_id = 1", "flow_metrics")
     assert [r[1] for r in svc] == ["web", "redis"]
+    # a dashboard's chained variable: DeepFlow's "Any" guard is a comparison of literals, folded
+    chained = "show tag pod_group values from network where ('__any' IN ({v}) OR pod_ns IN ({v}))"
+    _, shop = dialect(engine, chained.format(v="'shop'"), "flow_metrics")
+    assert [r[1] for r in shop] == ["web", "redis"]
+    _, every = dialect(engine, chained.format(v="'__any'"), "flow_metrics")
+    assert [r[1] for r in every] == [r[0] for r in raw(engine, "SELECT name FROM flow_tag.pod_group FINAL ORDER BY id")]
+    _, none = dialect(engine, "show tag pod_group values from network where 'a' != 'a' or pod_ns = 'nowhere'",
+                      "flow_metrics")
+    assert none == []
     _, chost = dialect(engine, "show tag chost values from network_map", "flow_metrics")
     assert chost == [[1, "netlab-srv", ""], [2, "netlab-cli", ""]]
     cols, enum = dialect(engine, "show tag close_type values from l4_flow_log where display_name like 'Est*'",

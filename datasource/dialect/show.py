@@ -411,6 +411,9 @@ def _tag_values_where(node: exp.Expression, columns: dict[str, str], map_: str) 
     if isinstance(node, exp.Paren):
         a, la = _tag_values_where(node.this, columns, map_)
         return f"({a})", la
+    folded = _constant_test(node)
+    if folded is not None:
+        return folded, False
     ops = {exp.EQ: "=", exp.NEQ: "!=", exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<=", exp.Like: "like",
            exp.ILike: "like", exp.RegexpLike: "regexp", exp.In: "in"}
     if type(node) not in ops or not isinstance(node.this, exp.Column):
@@ -433,3 +436,16 @@ def _tag_values_where(node: exp.Expression, columns: dict[str, str], map_: str) 
     op = ops[type(node)]
     return tg.compare(col, op, values), op == "like"
 
+
+
+def _constant_test(node: exp.Expression) -> str | None:
+    """``'__any' IN ('__any')`` and the like, folded to ``1``/``0``: dashboards chain variables with
+    DeepFlow's "Any" guard, a comparison of literals only (a literal's text and kind compare)."""
+    if not isinstance(node, exp.In | exp.EQ | exp.NEQ) or not isinstance(node.this, exp.Literal):
+        return None
+    items = node.expressions if isinstance(node, exp.In) else [node.expression]
+    if not items or not all(isinstance(i, exp.Literal) for i in items):
+        return None
+    left = (node.this.is_string, node.this.this)
+    hit = any((i.is_string, i.this) == left for i in items)
+    return "1" if hit != isinstance(node, exp.NEQ) else "0"
