@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := chdb://$(CURDIR)/.flowscope/demo
 DEMO_METADATA := sqlite:///$(CURDIR)/.flowscope/demo-metadata.db
-DEB_TEST_PACKAGES := python3-venv iproute2 ethtool tshark mariadb-server python3-bpfcc bpfcc-tools linux-headers-amd64
+DEB_TEST_PACKAGES := python3-venv iproute2 ethtool tshark mariadb-server python3-bpfcc bpfcc-tools linux-headers-amd64 redis-server curl openssl
 export DEBIAN_FRONTEND := noninteractive
 # rich tables in the demo: wide enough not to cut cells
 export COLUMNS ?= 150

@@ -201,8 +201,8 @@ class MetricsAggregator:
         tags = self._tags()
         obs = t["observation_point"]
         parts = []
-        for side, points, roles in ((0, ("c", "local"), {"c": 0, "local": 2}),
-                                    (1, ("s", "local"), {"s": 1, "local": 2})):
+        for side, points, roles in ((0, ("c", "c-p", "local"), {"c": 0, "local": 2}),     # c-p/s-p: eBPF (§3c)
+                                    (1, ("s", "s-p", "local"), {"s": 1, "local": 2})):
             sel = t.filter(pc.is_in(obs, pa.array(points)))
             if not sel.num_rows:
                 continue

@@ -184,7 +184,7 @@ def _start_ebpf(cfg: config_mod.Config, col, pids: list[int] | None, comm: str |
     from collector.ebpf import EbpfCollector
 
     tracer = EbpfCollector(col.writer, pids=pids, comm=comm, agent_id=cfg.agent_id, tagger=col.tagger,
-                           detector=col.detector, flush_interval_s=cfg.writer.flush_interval_s)
+                           detector=col.detector, flush_interval_s=cfg.writer.flush_interval_s, settings=cfg.ebpf)
     if tracer.start():      # else it logs "eBPF tracing disabled: <reason>" itself
         err.print(f"eBPF socket tracer attached{tracer._filter_text()}")
     return tracer

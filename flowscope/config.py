@@ -107,6 +107,18 @@ class MetadataSettings:
 
 
 @dataclass
+class EbpfSettings:
+    """The eBPF socket tracer (``--ebpf``): its CPU and memory caps."""
+    max_events_per_s: int = 50_000         # socket data events parsed per second; beyond, sockets are shed
+    max_sockets: int = 65536               # sockets with parser state (beyond: shed, counted)
+    max_pending: int = 256                 # requests awaiting a response per socket (beyond: reported UNKNOWN)
+    payload_bytes: int = 512               # payload prefix copied per syscall: a power of two, 64..4096
+    perf_pages: int = 256                  # perf buffer pages per CPU (a power of two)
+    tls: bool = True                       # OpenSSL SSL_read/SSL_write uprobes (HTTPS in plaintext)
+    tls_libraries: list[str] | None = None  # None: the system's libssl.so.3
+
+
+@dataclass
 class Config:
     clickhouse: str | None = None          # DSN; None = $FLOWSCOPE_CLICKHOUSE or the embedded store
     agent_id: int = 1
@@ -118,6 +130,7 @@ class Config:
     writer: WriterConfig = field(default_factory=WriterConfig)
     datasource: DatasourceConfig = field(default_factory=DatasourceConfig)
     metadata: MetadataSettings = field(default_factory=MetadataSettings)
+    ebpf: EbpfSettings = field(default_factory=EbpfSettings)
 
     def validate(self) -> Config:
         if not 0 < self.agent_id < 65536:
@@ -135,6 +148,14 @@ class Config:
                                   f"context: NAME}}, got {spec!r}")
         if not self.metadata.store.startswith(("sqlite://", "mysql://")):
             raise ConfigError(f"metadata.store: sqlite:///FILE or mysql://user:pass@host/db, got {self.metadata.store!r}")
+        e = self.ebpf
+        for name in ("payload_bytes", "perf_pages"):
+            v = getattr(e, name)
+            if v < 1 or v & (v - 1) or (name == "payload_bytes" and not 64 <= v <= 4096):
+                raise ConfigError(f"ebpf.{name}: a power of two{' in 64..4096' if name == 'payload_bytes' else ''}, "
+                                  f"got {v}")
+        if e.max_events_per_s < 0 or e.max_sockets < 1 or e.max_pending < 1:
+            raise ConfigError("ebpf: max_events_per_s >= 0 (0: no cap), max_sockets and max_pending >= 1")
         if self.flow.max_flows < 1000:
             raise ConfigError(f"flow.max_flows: at least 1000, got {self.flow.max_flows}")
         return self

@@ -31,14 +31,20 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOWSCOPE = Path(sys.executable).parent / "flowscope"
 
 SERVER = r'''
-import ctypes, sys
+import ctypes, http.client, ssl, sys
 ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)      # PR_SET_NAME: the comm we filter on
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+opts = dict(zip(sys.argv[2::2], sys.argv[3::2]))                  # --tls CERT:KEY, --backend PORT
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        code = 404 if "missing" in self.path else 200
-        body = b"hello " + self.path.encode()
+        code, body = 404 if "missing" in self.path else 200, b"hello " + self.path.encode()
+        if "--backend" in opts:         # the handler's thread calls the backend, then answers
+            c = http.client.HTTPConnection("127.0.0.1", int(opts["--backend"]), timeout=10)
+            c.request("GET", "/backend" + self.path)
+            r = c.getresponse()
+            code, body = r.status, r.read()
+            c.close()
         self.send_response(code)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -46,6 +52,10 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+if "--tls" in opts:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*opts["--tls"].split(":"))
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 '''
@@ -116,21 +126,27 @@ def _stop_servers():
         p.wait()
 
 
-@pytest.fixture(scope="module")
-def traced():
-    """One tracer for the module, filtered on a comm prefix unique to this run."""
+def tracing(**kw):
+    """A started tracer filtered on a comm prefix unique to this run: yields (prefix, writer,
+    collector); skips the test with the reason when eBPF is unavailable."""
     reason = _ebpf_reason()
     if reason:
         pytest.skip(reason)
     prefix = _prefix()
     writer = ListWriter()
-    col = EbpfCollector(writer, comm=prefix, flush_interval_s=0.2)
+    col = EbpfCollector(writer, comm=prefix, flush_interval_s=0.2, **kw)
     if not col.start():
         pytest.skip(f"eBPF refused here: {col.error}")
     try:
         yield prefix, writer, col
     finally:
         col.stop()
+
+
+@pytest.fixture(scope="module")
+def traced():
+    """One tracer for the module."""
+    yield from tracing()
 
 
 @needs_ebpf

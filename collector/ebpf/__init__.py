@@ -13,6 +13,8 @@ import threading
 import time
 from collections import Counter
 
+import pyarrow as pa
+
 log = logging.getLogger("flowscope.ebpf")
 
 L7_TABLE = "flow_log.l7_flow_log"
@@ -20,13 +22,18 @@ L7_TABLE = "flow_log.l7_flow_log"
 
 class EbpfCollector:
     def __init__(self, writer, *, pids: list[int] | None = None, comm: str | None = None, agent_id: int = 0,
-                 tagger=None, detector=None, flush_interval_s: float = 1.0) -> None:
+                 tagger=None, detector=None, flush_interval_s: float = 1.0, metrics: bool = True,
+                 settings=None) -> None:
+        from flowscope.config import EbpfSettings
+
         self.writer = writer
+        self.settings = settings or EbpfSettings()     # CPU and memory caps, payload size, TLS
+        self.metrics = metrics          # application / application_map (1s, 1m) from the rows
         self.pids, self.comm = pids, comm
         self.agent_id, self.tagger, self.detector = agent_id, tagger, detector
         self.flush_interval_s = flush_interval_s
         self.stats: Counter[str] = Counter()
-        self.tracer = self.sessions = None
+        self.tracer = self.sessions = self.app_metrics = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error = ""
@@ -38,7 +45,10 @@ class EbpfCollector:
 
         sessions = None
         try:
-            self.tracer = Tracer(lambda e: sessions.handle(e), pids=self.pids, comm=self.comm)
+            cfg = self.settings
+            self.tracer = Tracer(lambda e: sessions.handle(e), pids=self.pids, comm=self.comm,
+                                 payload=cfg.payload_bytes, pages=cfg.perf_pages,
+                                 tls_libs=cfg.tls_libraries if cfg.tls else [])
         except EbpfUnavailable as e:
             self.error = str(e)
             self.stats["ebpf unavailable"] += 1
@@ -50,7 +60,15 @@ class EbpfCollector:
             log.warning("eBPF tracing disabled: %s (packet capture continues)", self.error)
             return False
         sessions = self.sessions = EbpfSessions(self.tracer.classify, detector=self.detector,
-                                                agent_id=self.agent_id, tagger=self.tagger)
+                                                agent_id=self.agent_id, tagger=self.tagger, metrics=self.metrics,
+                                                max_events_per_s=cfg.max_events_per_s, max_sockets=cfg.max_sockets,
+                                                max_pending=cfg.max_pending)
+        if self.metrics:
+            from collector.metrics import MetricsAggregator
+            from collector.tagging import TagRegistry
+
+            registry = self.tagger.registry if self.tagger is not None else TagRegistry()
+            self.app_metrics = MetricsAggregator(registry, agent_id=self.agent_id, family="application")
         self._thread = threading.Thread(target=self._run, name="flowscope-ebpf", daemon=True)
         self._thread.start()
         log.info("eBPF socket tracer attached%s", self._filter_text())
@@ -80,9 +98,11 @@ class EbpfCollector:
         for _ in range(3):
             self.tracer.poll(0)
         self.sessions.close_all()
-        self.flush()
+        self.flush(final=True)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
+        """Rows to l7_flow_log; their counts to application[_map] 1s, and 1m once a minute is
+        over (``final``: every minute still open)."""
         from collector.ebpf.sessions import COLUMNS
         from collector.writer import RowBatch
 
@@ -92,6 +112,12 @@ class EbpfCollector:
         if rows:
             self.writer.put(L7_TABLE, RowBatch(COLUMNS, rows))
             self.stats["rows"] += len(rows)
+        if self.app_metrics is not None:
+            self.app_metrics.add_seconds(self.sessions.take_app_rows())
+            for table, parts in self.app_metrics.flush(int(time.time()), final=final).items():
+                parts = [t for t in parts if t.num_rows]
+                if parts:
+                    self.writer.put(table, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
 
     def stop(self) -> None:
         """Detach after writing everything pending (the caller flushes/closes the writer)."""

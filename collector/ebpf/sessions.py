@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from operator import itemgetter
 
 from collector.ebpf.tracer import ACCEPT, CLOSE, CONNECT, EGRESS, ProcNet, SockInfo, fd_inode, parse_sockaddr
-from collector.flow.report import L7_COLUMNS, l7_record
-from collector.l7.base import MASK32, REQUEST, RESPONSE, GiveUp
+from collector.flow.report import FS_KEY, L7_COLUMNS, L7_FLOW, L7_RECORD, l7_record
+from collector.l7.base import CLIENT_ERROR, MASK32, REQUEST, RESPONSE, SERVER_ERROR, TIMEOUT, GiveUp
 from collector.l7.registry import MAX_ATTEMPTS, Detector
 from collector.l7.session import Sessions
 
@@ -30,12 +31,13 @@ EBPF_COLUMNS = ("process_id_0", "process_id_1", "process_kname_0", "process_knam
                 "syscall_cap_seq_0", "syscall_cap_seq_1")
 COLUMNS = L7_COLUMNS + EBPF_COLUMNS
 MAX_SOCKETS = 65536
+MAX_PENDING = 256           # per socket (collector.l7.session bounds a flow at 1024)
 NO_META = (0, 0, 0)
 
 
 class SockState:
     __slots__ = ("comm", "dead", "fd", "flow", "info", "is_client", "last_dir", "meta", "nsys", "parser", "protocol",
-                 "run_meta", "seq", "sessions", "tgid", "tries")
+                 "run_meta", "seq", "sessions", "tgid", "tls", "tries")
 
     def __init__(self, tgid: int, comm: str, info: SockInfo | None) -> None:
         self.tgid, self.comm, self.info = tgid, comm, info
@@ -50,6 +52,7 @@ class SockState:
         self.run_meta = [NO_META, NO_META]
         self.meta: dict[int, tuple] = {}
         self.nsys = 0
+        self.tls = False                  # plaintext from SSL_read/SSL_write seen: ciphertext is ignored
 
 
 class EbpfSessions:
@@ -57,16 +60,22 @@ class EbpfSessions:
     ``take_rows`` hands the finished rows (``COLUMNS`` layout)."""
 
     def __init__(self, classify, *, detector: Detector | None = None, agent_id: int = 0, tagger=None,
-                 procnet: ProcNet | None = None) -> None:
+                 procnet: ProcNet | None = None, metrics: bool = True, max_events_per_s: int = 0,
+                 max_sockets: int = MAX_SOCKETS, max_pending: int = MAX_PENDING) -> None:
         self.classify = classify              # (tgid, fd) → socket inode, 0 not a socket, None gone
+        self.budget = max_events_per_s        # data events parsed per second (0: no cap)
+        self.max_sockets = max_sockets
+        self.max_pending = max_pending        # requests awaiting a response, per socket
+        self._win = self._win_n = 0           # the budget's current second and its event count
         self.detector = detector or Detector()
         self.agent_id = agent_id
         self.tagger = tagger
         self.procnet = procnet or ProcNet()
         self.socks: dict[tuple[int, int], SockState] = {}
-        self.threads: dict[int, list] = {}
-        self.connects: dict[tuple, deque] = {}   # server (addr, port) → client sockets missing their local end    # tid → [last direction, trace id]
+        self.threads: dict[int, list] = {}       # tid → [last direction, trace id]
+        self.connects: dict[tuple, deque] = {}   # server (addr, port) → client sockets missing their local end
         self.rows: list[tuple] = []
+        self.app_rows: list[tuple] | None = [] if metrics else None   # application metrics input
         self.stats: Counter[str] = Counter()
         self._trace_seq = 0
         self._row_seq = 0
@@ -83,8 +92,11 @@ class EbpfSessions:
         if e.dir >= ACCEPT:
             old = self.socks.pop(key, None)
             if old is not None:
+                if e.dir == CONNECT and self._same_connect(old, e.data):
+                    self.socks[key] = old       # a non-blocking connect checked again: not a new socket
+                    return
                 self._close(old, e.ts)
-            if len(self.socks) >= MAX_SOCKETS:
+            if len(self.socks) >= self.max_sockets:
                 self.stats["sockets shed (table full)"] += 1
                 return
             st = self.socks[key] = self._new_sock(e, e.dir == CONNECT)
@@ -92,17 +104,29 @@ class EbpfSessions:
                 self._match_connect(st)
             return
         st = self.socks.get(key)
+        if self.budget:
+            sec = e.ts // 1_000_000_000
+            if sec != self._win:
+                self._win, self._win_n = sec, 0
+            self._win_n += 1
+            if self._win_n > self.budget and self._shed(st, e):
+                return
         if st is None:                      # a socket opened before the tracer started
             ino = self.classify(e.tgid, e.fd)
             if not ino:
                 self.stats["events on unknown sockets"] += 1
                 return
-            if len(self.socks) >= MAX_SOCKETS:
+            if len(self.socks) >= self.max_sockets:
                 self.stats["sockets shed (table full)"] += 1
                 return
             st = self.socks[key] = SockState(e.tgid, e.comm, self.procnet.lookup(e.tgid, ino))
             if st.dead:
                 self.stats["sockets not TCP"] += 1
+        if e.tls != st.tls:
+            if not e.tls:                   # ciphertext the uprobes did not suppress (handshake, alerts)
+                self.stats["TLS ciphertext events skipped"] += 1
+                return
+            self._to_tls(st)
         if st.dead:
             return
         d = e.dir
@@ -141,6 +165,8 @@ class EbpfSessions:
         out: list = []
         req_dir = EGRESS if st.is_client else 1 - EGRESS
         for m in msgs:
+            if st.tls:
+                m.is_tls = 1
             if m.type == REQUEST:
                 st.meta[id(m)] = st.run_meta[req_dir]
             elif m.type == RESPONSE:
@@ -148,7 +174,46 @@ class EbpfSessions:
             else:
                 st.meta[id(m)] = st.run_meta[d]
             st.sessions.add(m, out)
+        if st.sessions.pending() > self.max_pending:
+            self._evict(st, out)
         self._records(st, out)
+
+    def _shed(self, st: SockState | None, e) -> bool:
+        """Over the events/s budget: drop events of sockets not being parsed yet (they are picked
+        up again at a later message once the rate is back under the budget); sockets being parsed
+        go on up to twice the budget, then start over (what they had pending is reported UNKNOWN).
+        True: the event is dropped (counted)."""
+        if st is not None and st.parser is not None:
+            if self._win_n <= 2 * self.budget:
+                return False
+            out: list = []
+            st.sessions.close((e.ts + self.mono_to_wall_ns) // 1000, out, False)
+            self._records(st, out)
+            st.parser = st.sessions = None
+            st.tries = 0
+            self.stats["sockets restarted (over budget)"] += 1
+        if st is not None:
+            st.seq[e.dir] = (st.seq[e.dir] + e.len) & MASK32
+        self.stats["events shed (over budget)"] += 1
+        return True
+
+    def _evict(self, st: SockState, out: list) -> None:
+        """More requests awaiting a response than ``max_pending``: the oldest are reported UNKNOWN."""
+        sessions = st.sessions
+        while sessions.pending() > self.max_pending:
+            sessions._evict_oldest(out)     # the pairing's own bound, at a lower limit
+            self.stats["requests evicted (pending cap)"] += 1
+
+    def _to_tls(self, st: SockState) -> None:
+        """The socket carries TLS: parse the plaintext from here on, forget the handshake's
+        ciphertext (its parser and anything it had pending)."""
+        st.tls = True
+        st.dead = st.info is None
+        st.parser = st.sessions = None
+        st.tries = 0
+        st.seq = [0, 0]
+        st.meta.clear()
+        self.stats["TLS sockets"] += 1
 
     def _new_sock(self, e, is_client: bool) -> SockState:
         """A socket from accept (server end) or connect (client end): the peer from the syscall's
@@ -175,6 +240,12 @@ class EbpfSessions:
         st.is_client = is_client
         st.fd = e.fd
         return st
+
+    @staticmethod
+    def _same_connect(old: SockState, sockaddr: bytes) -> bool:
+        i = old.info
+        return old.is_client and not old.nsys and i is not None and parse_sockaddr(sockaddr) == (
+            i.is_v4, i.raddr, i.rport)
 
     def _match_connect(self, st: SockState) -> None:
         """Both ends traced on this host: a client socket whose local end /proc did not give in
@@ -267,6 +338,8 @@ class EbpfSessions:
             rec = (rec[0], rec[0] << 32 | (self._row_seq & 0xFFFFFFFF)) + rec[2:]
             self.rows.append(st.flow + rec + side + (rq[0], rs[0], rq[1], rs[1], rq[2], rs[2]))
             self.stats["rows"] += 1
+            if self.app_rows is not None:
+                self.app_rows.append(_app_row(st.flow, rec, req, resp))
 
     def _close(self, st: SockState, ts_ns: int) -> None:
         if st.sessions is not None:
@@ -292,3 +365,27 @@ class EbpfSessions:
     def take_rows(self) -> list[tuple]:
         rows, self.rows = self.rows, []
         return rows
+
+    def take_app_rows(self) -> list[tuple]:
+        """The application-metrics input of the rows made since the last call (APP_COLUMNS)."""
+        rows, self.app_rows = self.app_rows, []
+        return rows
+
+
+# the metrics key (collector.flow.report.FS_KEY) out of an l7_flow_log flow part (L7_FLOW)
+_MKEY = itemgetter(*(L7_FLOW.index(c) for c in FS_KEY))
+_SCORE = L7_FLOW.index("direction_score")
+_TIME, _RRT, _PROTO, _ENDPOINT, _STATUS = (L7_RECORD.index(c) for c in (
+    "time", "response_duration", "l7_protocol", "endpoint", "response_status"))
+
+
+def _app_row(flow: tuple, rec: tuple, req, resp) -> tuple:
+    """One record's application-metrics input row (APP_COLUMNS: key, then request, response,
+    client/server error, timeout, rrt sum/count/max, direction_score)."""
+    status = rec[_STATUS]
+    n_resp = 1 if resp is not None else 0
+    has_rrt = 1 if n_resp and req is not None and req is not resp else 0
+    rrt = rec[_RRT] * has_rrt
+    return ((rec[_TIME],) + _MKEY(flow) + (rec[_PROTO], rec[_ENDPOINT], 1 if req is not None else 0, n_resp,
+            1 if n_resp and status == CLIENT_ERROR else 0, 1 if n_resp and status == SERVER_ERROR else 0,
+            1 if status == TIMEOUT else 0, rrt, has_rrt, rrt, flow[_SCORE]))

@@ -26,6 +26,7 @@ DEBIAN_DIST = "/usr/lib/python3/dist-packages"
 PAYLOAD_MAX = 512
 EGRESS, INGRESS, CLOSE, ACCEPT, CONNECT = 0, 1, 2, 3, 4
 KIND_SOCKET, KIND_OTHER = 1, 2
+FLAG_TLS = 1                     # plaintext from an SSL_read/SSL_write uprobe
 
 
 class EbpfUnavailable(RuntimeError):
@@ -69,18 +70,25 @@ def prepare_system() -> None:
 
 
 BPF_TEXT = r"""
+#include <uapi/linux/ptrace.h>      // struct pt_regs: the user ABI layout uprobes see
 #define PAYLOAD_MAX %(payload)d
-struct args_t { u64 buf; u32 fd; u32 pad; };
+struct args_t { u64 buf; u32 fd; u32 vec; };   // vec: buf is a struct iovec array (readv/writev, *msg)
+struct iovec_t { u64 base; u64 len; };          // struct iovec: stable user ABI
 struct event_t {
-    u64 ts; u32 tgid; u32 tid; u32 fd; u32 dir; u32 len; u32 cap; char comm[16];
-    char data[PAYLOAD_MAX];
+    u64 ts; u32 tgid; u32 tid; u32 fd; u16 dir; u16 flags; u32 len; u32 cap; char comm[16];
+    char data[PAYLOAD_MAX * 3];     // room past PAYLOAD_MAX only so the verifier sees bounded offsets
 };
+#define HEADER_SIZE 48
 struct fdkey_t { u32 tgid; u32 fd; };
 BPF_HASH(active, u64, struct args_t, 16384);
 BPF_HASH(fdkind, struct fdkey_t, u8, 262144);
 BPF_HASH(pids, u32, u8, 4096);
+struct ssl_args_t { u64 ssl; u64 buf; u64 nptr; u32 fd; u32 dir; };   // nptr: *_ex's size_t *count
+BPF_HASH(ssl_active, u64, struct ssl_args_t, 16384);                  // thread → its SSL_read/SSL_write
+BPF_TABLE("lru_hash", u64, u32, ssl_fds, 65536);                      // SSL * → fd of its last syscall
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
-BPF_ARRAY(counters, u64, 4);      // 0 events, 1 submit failed (lost), 2 skipped: fd not a known socket
+BPF_ARRAY(counters, u64, 4);      // 0 events, 1 submit failed (lost), 2 skipped: fd not a known socket,
+                                  // 3 TLS data with no known fd
 BPF_PERF_OUTPUT(events);
 
 static inline int wanted(u32 tgid) {
@@ -104,7 +112,7 @@ static inline void mark_socket(u32 tgid, u32 fd) {
     fdkind.update(&k, &one);
 }
 
-static inline int enter(u32 fd, u64 buf, int is_socket) {
+static inline int enter_vec(u32 fd, u64 buf, int is_socket, u32 vec) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     if (!wanted(tgid)) return 0;
@@ -115,8 +123,59 @@ static inline int enter(u32 fd, u64 buf, int is_socket) {
         u8 *kind = fdkind.lookup(&k);
         if (!kind) { int z = 2; u64 *c = counters.lookup(&z); if (c) __sync_fetch_and_add(c, 1); return 0; }
     }
-    struct args_t a = {.buf = buf, .fd = fd};
+    struct ssl_args_t *in_ssl = ssl_active.lookup(&id);
+    if (in_ssl) {                   // ciphertext under SSL_read/SSL_write: only its fd is wanted
+        in_ssl->fd = fd;
+        u64 ssl = in_ssl->ssl;
+        ssl_fds.update(&ssl, &fd);
+        return 0;
+    }
+    struct args_t a = {.buf = buf, .fd = fd, .vec = vec};
     active.update(&id, &a);
+    return 0;
+}
+static inline int enter(u32 fd, u64 buf, int is_socket) { return enter_vec(fd, buf, is_socket, 0); }
+// sendmsg/recvmsg: struct user_msghdr {void *name; int namelen; struct iovec *iov; size_t iovlen; ...}
+static inline int enter_msg(u32 fd, u64 msg) {
+    u64 iov = 0;
+    if (msg) bpf_probe_read_user(&iov, sizeof(iov), (void *)(msg + 16));
+    return enter_vec(fd, iov, 1, 1);
+}
+
+// One data event: the payload prefix gathered from up to IOV_MAX_READ buffers (a plain buffer is
+// one); only the header and the captured bytes go through the perf buffer.
+#define IOV_MAX_READ 4
+static inline int emit(void *ctx, u64 id, u32 fd, u32 dir, u32 flags, long ret, u64 buf, u32 vec) {
+    int z = 0;
+    struct event_t *e = scratch.lookup(&z);
+    if (!e) return 0;
+    e->ts = bpf_ktime_get_ns(); e->tgid = id >> 32; e->tid = (u32)id; e->fd = fd; e->dir = dir;
+    e->flags = flags; e->len = ret;
+    u32 off = 0;
+    #pragma unroll
+    for (int i = 0; i < IOV_MAX_READ; i++) {
+        struct iovec_t iv = {.base = buf, .len = ret};
+        if (vec) {
+            if (!buf) break;
+            bpf_probe_read_user(&iv, sizeof(iv), (void *)(buf + i * sizeof(iv)));
+        } else if (i) break;
+        u64 take = iv.len;
+        if (take > (u64)ret - off) take = (u64)ret - off;
+        if (take > PAYLOAD_MAX - off) take = PAYLOAD_MAX - off;
+        u32 o = off, t = take;
+        asm volatile("%%0 &= %(omask)d" : "+r"(o));      // off < PAYLOAD_MAX here: a no-op the verifier sees
+        asm volatile("%%0 &= %(mask)d" : "+r"(t));       // t <= PAYLOAD_MAX - off already
+        if (t) bpf_probe_read_user(&e->data[o], t, (void *)iv.base);
+        off += t;
+        if (off >= PAYLOAD_MAX || off >= ret) break;
+    }
+    u32 n = off;
+    asm volatile("%%0 &= %(mask)d" : "+r"(n));
+    if (n > PAYLOAD_MAX) n = PAYLOAD_MAX;
+    e->cap = n;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    u64 *c = counters.lookup(&z); if (c) __sync_fetch_and_add(c, 1);
+    if (events.perf_submit(ctx, e, HEADER_SIZE + n) < 0) { int one = 1; u64 *l = counters.lookup(&one); if (l) __sync_fetch_and_add(l, 1); }
     return 0;
 }
 
@@ -124,24 +183,49 @@ static inline int leave(void *ctx, long ret, u32 dir) {
     u64 id = bpf_get_current_pid_tgid();
     struct args_t *a = active.lookup(&id);
     if (!a) return 0;
-    u64 buf = a->buf; u32 fd = a->fd;
+    u64 buf = a->buf; u32 fd = a->fd; u32 vec = a->vec;
     active.delete(&id);
     if (ret <= 0) return 0;
-    int z = 0;
-    struct event_t *e = scratch.lookup(&z);
-    if (!e) return 0;
-    e->ts = bpf_ktime_get_ns(); e->tgid = id >> 32; e->tid = (u32)id; e->fd = fd; e->dir = dir;
-    e->len = ret;
-    u32 n = ret < PAYLOAD_MAX ? (u32)ret : PAYLOAD_MAX;
-    asm volatile("%%0 &= %(mask)d" : "+r"(n));
-    if (n > PAYLOAD_MAX) n = PAYLOAD_MAX;
-    e->cap = n;
-    bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    bpf_probe_read_user(&e->data, n, (void *)buf);
-    u64 *c = counters.lookup(&z); if (c) __sync_fetch_and_add(c, 1);
-    if (events.perf_submit(ctx, e, sizeof(*e)) < 0) { int one = 1; u64 *l = counters.lookup(&one); if (l) __sync_fetch_and_add(l, 1); }
+    return emit(ctx, id, fd, dir, 0, ret, buf, vec);
+}
+
+// OpenSSL: SSL_read/SSL_write(SSL *, void *buf, int num) → int; the *_ex forms (SSL *, void *buf,
+// size_t num, size_t *count) → 1 on success. The fd is the one the syscalls inside the call used,
+// or, when the data was already buffered, the SSL's last one.
+static inline int ssl_enter(struct pt_regs *ctx, u32 dir, int ex) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!wanted(id >> 32)) return 0;
+    struct ssl_args_t a = {.ssl = PT_REGS_PARM1(ctx), .buf = PT_REGS_PARM2(ctx),
+                           .nptr = ex ? PT_REGS_PARM4(ctx) : 0, .fd = 0xFFFFFFFF, .dir = dir};
+    ssl_active.update(&id, &a);
     return 0;
 }
+static inline int ssl_leave(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct ssl_args_t *a = ssl_active.lookup(&id);
+    if (!a) return 0;
+    u64 ssl = a->ssl, buf = a->buf, nptr = a->nptr; u32 fd = a->fd, dir = a->dir;
+    ssl_active.delete(&id);
+    long ret = (int)PT_REGS_RC(ctx);
+    if (nptr) {
+        if (ret != 1) return 0;
+        u64 n = 0;
+        bpf_probe_read_user(&n, sizeof(n), (void *)nptr);
+        ret = n;
+    }
+    if (ret <= 0) return 0;
+    if (fd == 0xFFFFFFFF) {
+        u32 *known = ssl_fds.lookup(&ssl);
+        if (!known) { int three = 3; u64 *c = counters.lookup(&three); if (c) __sync_fetch_and_add(c, 1); return 0; }
+        fd = *known;
+    }
+    return emit(ctx, id, fd, dir, %(tls)d, ret, buf, 0);
+}
+int ssl_write_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 0, 0); }
+int ssl_write_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 0, 1); }
+int ssl_read_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 1, 0); }
+int ssl_read_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 1, 1); }
+int ssl_return(struct pt_regs *ctx) { return ssl_leave(ctx); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return enter(args->fd, (u64)args->buf, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_read) { return leave(args, args->ret, 1); }
@@ -151,13 +235,21 @@ TRACEPOINT_PROBE(syscalls, sys_enter_write) { return enter(args->fd, (u64)args->
 TRACEPOINT_PROBE(syscalls, sys_exit_write) { return leave(args, args->ret, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return enter(args->fd, (u64)args->buff, 1); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return leave(args, args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return enter_vec(args->fd, (u64)args->vec, 0, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return leave(args, args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return enter_vec(args->fd, (u64)args->vec, 0, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return leave(args, args->ret, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return enter_msg(args->fd, (u64)args->msg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return leave(args, args->ret, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return enter_msg(args->fd, (u64)args->msg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return leave(args, args->ret, 0); }
 static inline int addr_event(void *ctx, u32 fd, u64 uaddr, u32 dir) {
     u64 id = bpf_get_current_pid_tgid();
     int z = 0;
     struct event_t *e = scratch.lookup(&z);
     if (!e) return 0;
     e->ts = bpf_ktime_get_ns(); e->tgid = id >> 32; e->tid = (u32)id; e->fd = fd; e->dir = dir;
-    e->len = 0; e->cap = 28;
+    e->flags = 0; e->len = 0; e->cap = 28;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     __builtin_memset(e->data, 0, 28);
     if (uaddr) bpf_probe_read_user(&e->data, 28, (void *)uaddr);
@@ -201,14 +293,29 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     struct event_t *e = scratch.lookup(&z);
     if (!e) return 0;
     e->ts = bpf_ktime_get_ns(); e->tgid = tgid; e->tid = (u32)id; e->fd = args->fd; e->dir = 2;
-    e->len = 0; e->cap = 0;
+    e->flags = 0; e->len = 0; e->cap = 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     events.perf_submit(args, e, 48);
     return 0;
 }
 """
 
-HEADER = struct.Struct("<QIIIIII16s")
+TLS_PROBES = ((b"SSL_write", b"ssl_write_enter"), (b"SSL_write_ex", b"ssl_write_ex_enter"),
+              (b"SSL_read", b"ssl_read_enter"), (b"SSL_read_ex", b"ssl_read_ex_enter"))
+LIBSSL_PATHS = ("/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/aarch64-linux-gnu/libssl.so.3",
+                "/usr/lib64/libssl.so.3", "/usr/lib/libssl.so.3")
+
+
+def find_libssl() -> list[str]:
+    """The system's OpenSSL 3 (one path per real file: /lib and /usr/lib are often the same)."""
+    found: dict[str, str] = {}
+    for p in LIBSSL_PATHS:
+        if os.path.exists(p):
+            found.setdefault(os.path.realpath(p), p)
+    return list(found.values())
+
+
+HEADER = struct.Struct("<QIIIHHII16s")
 
 
 @dataclass(slots=True)
@@ -326,7 +433,7 @@ def fd_inode(tgid: int, fd: int) -> int | None:
 
 
 class Event:
-    __slots__ = ("cap", "comm", "data", "dir", "fd", "len", "tgid", "tid", "ts")
+    __slots__ = ("cap", "comm", "data", "dir", "fd", "len", "tgid", "tid", "tls", "ts")
 
 
 def _ts(e: Event) -> int:
@@ -339,7 +446,7 @@ class Tracer:
     Raises ``EbpfUnavailable`` (with the reason) when bcc, privileges or the kernel say no."""
 
     def __init__(self, callback, *, pids: list[int] | None = None, comm: str | None = None,
-                 payload: int = PAYLOAD_MAX, pages: int = 256) -> None:
+                 payload: int = PAYLOAD_MAX, pages: int = 256, tls_libs: list[str] | None = None) -> None:
         if os.geteuid() != 0:
             raise EbpfUnavailable("eBPF tracing needs root (CAP_BPF/CAP_PERFMON)")
         bcc = import_bcc()
@@ -349,7 +456,7 @@ class Tracer:
         comm_lit = "{" + ", ".join(str(b) for b in (comm or "").encode()[:15]) + ", 0}" if comm else "{0}"
         text = BPF_TEXT % {"payload": payload, "self": os.getpid(), "pidfilter": int(bool(pids)),
                            "commfilter": int(bool(comm)), "comm": comm_lit, "other": KIND_OTHER,
-                           "socket": KIND_SOCKET, "mask": payload * 2 - 1}
+                           "socket": KIND_SOCKET, "mask": payload * 2 - 1, "omask": payload - 1, "tls": FLAG_TLS}
         try:
             self.bpf = bcc.BPF(text=text.encode(), cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
         except Exception as e:          # compile or load refused
@@ -364,15 +471,36 @@ class Tracer:
         self._batch: list[Event] = []      # (tgid, fd) → socket inode (0: not a socket)
         self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=pages, lost_cb=self._on_lost)
         self.stats["sockets seeded from /proc"] = self.seed(pids)
+        self.tls_attached = self.attach_tls(find_libssl() if tls_libs is None else tls_libs)
+
+    def attach_tls(self, libs: list[str]) -> list[str]:
+        """Uprobes on each library's SSL_read/SSL_write (and *_ex): HTTPS in plaintext. A library
+        that refuses is logged and counted; socket tracing goes on without it."""
+        done = []
+        for lib in libs:
+            n = 0
+            for sym, fn in TLS_PROBES:
+                try:
+                    self.bpf.attach_uprobe(name=lib.encode(), sym=sym, fn_name=fn)
+                    self.bpf.attach_uretprobe(name=lib.encode(), sym=sym, fn_name=b"ssl_return")
+                    n += 1
+                except Exception as e:  # symbol missing or uprobe refused
+                    log.debug("uprobe %s:%s: %s", lib, sym.decode(), e)
+            if n:
+                done.append(lib)
+            else:
+                self.stats["TLS libraries not attached"] += 1
+                log.warning("TLS tracing: no SSL_read/SSL_write uprobe attached in %s", lib)
+        return done
 
     def _on_lost(self, n: int) -> None:
         self.stats["events lost (perf buffer full)"] += n
 
     def _on_event(self, cpu, data, size) -> None:
         raw = ct.string_at(data, size)
-        ts, tgid, tid, fd, d, length, cap, comm = HEADER.unpack_from(raw)
+        ts, tgid, tid, fd, d, flags, length, cap, comm = HEADER.unpack_from(raw)
         e = Event()
-        e.ts, e.tgid, e.tid, e.fd, e.dir, e.len, e.cap = ts, tgid, tid, fd, d, length, cap
+        e.ts, e.tgid, e.tid, e.fd, e.dir, e.tls, e.len, e.cap = ts, tgid, tid, fd, d, flags & FLAG_TLS, length, cap
         e.comm = comm.split(b"\0", 1)[0].decode(errors="replace")
         e.data = raw[HEADER.size:HEADER.size + cap]
         self.stats["events"] += 1
@@ -425,8 +553,9 @@ class Tracer:
                 self.callback(e)
 
     def kernel_counters(self) -> dict[str, int]:
-        vals = [self.counters[ct.c_int(i)].value for i in range(3)]
-        return {"kernel events": vals[0], "kernel submit failed": vals[1], "kernel skipped (fd not a socket)": vals[2]}
+        vals = [self.counters[ct.c_int(i)].value for i in range(4)]
+        return {"kernel events": vals[0], "kernel submit failed": vals[1], "kernel skipped (fd not a socket)": vals[2],
+                "kernel TLS data without a known fd": vals[3]}
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

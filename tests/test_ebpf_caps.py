@@ -1,0 +1,104 @@
+"""The eBPF tracer's userspace caps, driven by synthetic socket events (no root, no bcc needed):
+the events/s budget sheds sockets that are not being parsed yet and restarts busy ones past twice
+the budget (counted, pending requests reported, picked up again next second); the per-socket
+pending cap reports the oldest unanswered requests as UNKNOWN; the socket table is bounded; and the
+eBPF settings are validated.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from collector.ebpf.sessions import COLUMNS, EbpfSessions
+from collector.ebpf.tracer import CONNECT, EGRESS, INGRESS, Event
+from collector.l7.base import UNKNOWN
+from flowscope.config import Config, ConfigError, EbpfSettings
+
+PID = 999_999_901            # no such process: nothing is found in /proc for it
+SEC = 1_000_000_000
+REQ = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+def _ev(fd: int, d: int, data: bytes, ts: int) -> Event:
+    e = Event()
+    e.ts, e.tgid, e.tid, e.fd, e.dir, e.tls, e.comm = ts, PID, PID, fd, d, 0, "t"
+    e.data, e.len, e.cap = data, len(data), len(data)
+    return e
+
+
+def _connect(s: EbpfSessions, fd: int, ts: int) -> None:
+    sockaddr = struct.pack("<H", socket.AF_INET) + struct.pack(">H", 8080) + socket.inet_aton("10.0.0.9") + bytes(8)
+    s.handle(_ev(fd, CONNECT, sockaddr, ts))
+
+
+def _exchange(s: EbpfSessions, fd: int, ts: int) -> None:
+    s.handle(_ev(fd, EGRESS, REQ, ts))
+    s.handle(_ev(fd, INGRESS, RESP, ts + 1000))
+
+
+def _rows(s: EbpfSessions) -> list[dict]:
+    return [dict(zip(COLUMNS, r, strict=True)) for r in s.take_rows()]
+
+
+def test_events_budget_sheds_new_sockets_and_restarts_busy_ones() -> None:
+    s = EbpfSessions(lambda tgid, fd: None, max_events_per_s=4)
+    t = 100 * SEC
+    for fd in (3, 4, 5):
+        _connect(s, fd, t)                  # not data: never counted against the budget
+    _exchange(s, 3, t)                      # events 1-2: socket 3 is parsed
+    _exchange(s, 4, t)                      # events 3-4: socket 4 is parsed
+    _exchange(s, 5, t)                      # events 5-6: over budget, socket 5 not parsed yet → shed
+    _exchange(s, 3, t)                      # events 7-8: socket 3 is being parsed → goes on (≤ 2× budget)
+    _exchange(s, 3, t)                      # events 9-10: past 2× budget → socket 3 starts over, shed
+    rows = _rows(s)
+    assert [r["server_port"] for r in rows] == [8080] * 3
+    assert [r["type"] for r in rows] == [2, 2, 2] and all(r["request_resource"] == "/x" for r in rows)
+    assert s.stats["events shed (over budget)"] == 4
+    assert s.stats["sockets restarted (over budget)"] == 1
+    # the next second, under the budget: sockets 3 and 5 are parsed again from their next request on
+    for fd in (3, 5):
+        _exchange(s, fd, t + SEC)
+    assert [r["type"] for r in _rows(s)] == [2, 2] and s.stats["events shed (over budget)"] == 4
+
+
+def test_no_budget_means_no_shedding() -> None:
+    s = EbpfSessions(lambda tgid, fd: None)
+    _connect(s, 3, SEC)
+    for i in range(50):
+        _exchange(s, 3, SEC + i * 10_000)
+    assert len(_rows(s)) == 50 and not s.stats["events shed (over budget)"]
+
+
+def test_pending_cap_reports_oldest_requests_unknown() -> None:
+    s = EbpfSessions(lambda tgid, fd: None, max_pending=2)
+    _connect(s, 3, SEC)
+    for i in range(5):                      # five pipelined requests, no answer yet
+        s.handle(_ev(3, EGRESS, REQ.replace(b"/x", b"/r%d" % i), SEC + i))
+    rows = _rows(s)
+    assert [(r["request_resource"], r["response_status"], r["type"]) for r in rows] == [
+        (f"/r{i}", UNKNOWN, 0) for i in range(3)]
+    assert s.stats["requests evicted (pending cap)"] == 3
+    s.handle(_ev(3, INGRESS, RESP, SEC + 10))   # the oldest still pending gets the answer
+    assert [(r["request_resource"], r["type"]) for r in _rows(s)] == [("/r3", 2)]
+
+
+def test_socket_table_is_bounded() -> None:
+    s = EbpfSessions(lambda tgid, fd: None, max_sockets=3)
+    for fd in range(3, 10):
+        _connect(s, fd, SEC)
+    assert len(s.socks) == 3 and s.stats["sockets shed (table full)"] == 4
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (EbpfSettings(payload_bytes=500), "ebpf.payload_bytes: a power of two in 64..4096"),
+    (EbpfSettings(payload_bytes=8192), "ebpf.payload_bytes: a power of two in 64..4096"),
+    (EbpfSettings(perf_pages=100), "ebpf.perf_pages: a power of two"),
+    (EbpfSettings(max_events_per_s=-1), "max_events_per_s >= 0"),
+])
+def test_ebpf_settings_are_validated(settings: EbpfSettings, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config(ebpf=settings).validate()
