@@ -47,6 +47,7 @@ from datasource.tracing import (
     TraceError,
     as_deps,
     assemble,
+    assemble_many,
     dfs_order,
 )
 from flowscope.enums import L7_PROTOCOLS
@@ -55,6 +56,7 @@ DEFAULT_LOOKBACK_S = 3600
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 200
 SEARCH_BUDGET_S = 20.0            # stop assembling search results after this long (partial answer)
+SEARCH_BATCH = 4                  # search results assembled side by side (more: the queries grow and slow down)
 _HEX = re.compile(r"^[0-9a-f]{1,32}$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_US = {"ns": 0.001, "us": 1, "µs": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
@@ -361,7 +363,9 @@ def list_operations(store: Store, service: str, t0: int, t1: int) -> list[str]:
     return [r["operation"] for r in rows]
 
 
-def search_entries(store: Store, params, t0: int, t1: int, limit: int) -> list[int]:
+def search_entries(store: Store, params, t0: int, t1: int, limit: int) -> list[tuple[int, str]]:
+    """The requests matching a search, newest first: (_id, the trace id or else an X-Request-ID it
+    carries — rows alike in it are likely one trace)."""
     conds, qp = tag_filters(params.get("tags", ""))
     qp.update(t0=t0, t1=t1, lim=limit * 25)
     outer = []
@@ -381,10 +385,26 @@ def search_entries(store: Store, params, t0: int, t1: int, limit: int) -> list[i
         qp["dhi"] = hi
     where = " AND ".join(["time >= toDateTime({t0:UInt32})", "time <= toDateTime({t1:UInt32})", "type != 1", *conds])
     rows = store.query(
-        f"SELECT _id FROM (SELECT _id, start_time, {SERVICE_SQL} AS service, {OPERATION_SQL} AS operation "
-        f"FROM {L7_TABLE} WHERE {where}) {'WHERE ' + ' AND '.join(outer) if outer else ''} "
-        "ORDER BY start_time DESC LIMIT {lim:UInt32}", qp)
-    return [r["_id"] for r in rows]
+        "SELECT _id, link FROM (SELECT _id, start_time, if(trace_id != '', trace_id, if(x_request_id_0 != '', "
+        f"x_request_id_0, x_request_id_1)) AS link, {SERVICE_SQL} AS service, "
+        f"{OPERATION_SQL} AS operation FROM {L7_TABLE} WHERE {where}) "
+        f"{'WHERE ' + ' AND '.join(outer) if outer else ''} ORDER BY start_time DESC, _id DESC LIMIT {{lim:UInt32}}", qp)
+    return [(r["_id"], r["link"]) for r in rows]
+
+
+def _batch(entries: list[tuple[int, str]], seen: set[int], done: dict, n: int) -> list[int]:
+    """The next entries to assemble together: not in a trace already made, one per trace id or
+    X-Request-ID (an entry of a trace in the batch is usually among its spans, and skipped then)."""
+    out: list[int] = []
+    tids: set[str] = set()
+    for e, tid in entries:
+        if e in seen or e in done or (tid and tid in tids):
+            continue
+        out.append(e)
+        tids.add(tid)
+        if len(out) >= n:
+            break
+    return out
 
 
 def dependencies(store: Store, t0: int, t1: int) -> list[dict]:
@@ -471,14 +491,19 @@ def routes(deps) -> list[Route]:
             limit = _limit(params)
             deadline = time.monotonic() + SEARCH_BUDGET_S
             traces, seen, errors = [], set(), None
-            for entry in search_entries(st, params, t0, t1, limit):
+            entries = search_entries(st, params, t0, t1, limit)
+            done: dict[int, Trace | None] = {}
+            for k, (entry, _) in enumerate(entries):
                 if entry in seen:
                     continue
                 if time.monotonic() > deadline:
                     errors = [{"code": 504, "msg": f"search stopped after {SEARCH_BUDGET_S:.0f} s; "
                                                    f"{len(traces)} traces assembled"}]
                     break
-                tr = assemble(Store(d.engine), entry_id=entry, time_range=(t0 - 60, t1 + 60), config=d.config)
+                if entry not in done:
+                    batch = _batch(entries[k:], seen, done, min(SEARCH_BATCH, limit - len(traces)))
+                    done.update(assemble_many(Store(d.engine), batch, time_range=(t0 - 60, t1 + 60), config=d.config))
+                tr = done[entry]
                 if tr is None:
                     continue
                 seen.update(i for s in tr.spans for i in s.ids)

@@ -213,8 +213,22 @@ def _select(columns: dict[str, str]) -> str:
     return ", ".join(f"{expr} AS `{name}`" for name, expr in columns.items())
 
 
-def _time_filter(lo_s: int, hi_s: int) -> tuple[str, dict]:
-    return "time >= toDateTime({t0:UInt32}) AND time <= toDateTime({t1:UInt32})", {"t0": max(0, lo_s), "t1": hi_s}
+def _time_filter(lo_s: int, hi_s: int, p: str = "") -> tuple[str, dict]:
+    """Rows of seconds lo_s..hi_s; ``p`` prefixes the parameter names (several searches in one query)."""
+    return (f"time >= toDateTime({{{p}t0:UInt32}}) AND time <= toDateTime({{{p}t1:UInt32}})",
+            {f"{p}t0": max(0, lo_s), f"{p}t1": hi_s})
+
+
+def _ip1_in(name: str, columns: str, types: str, keys: list[tuple], params: dict) -> str:
+    """``(columns, ip_1) IN keys`` (ip_1 last, as text) with the addresses compared as numbers: no
+    address is formatted per row. An address with a ':' is an IPv6 row's (IPv4NumToString has none)."""
+    ors = []
+    for version, col, test in ((4, "ip4_1", "is_ipv4"), (6, "ip6_1", "NOT is_ipv4")):
+        vals = [k for k in keys if (":" in k[-1]) == (version == 6)]
+        if vals:
+            params[f"{name}{version}"] = vals
+            ors.append(f"({test} AND ({columns}, {col}) IN {{{name}{version}:Array(Tuple({types}, IPv{version}))}})")
+    return f"({' OR '.join(ors)})"
 
 
 def find_trace_entry(store: Store, trace_id: str, lo_s: int | None, hi_s: int | None) -> dict | None:
@@ -226,6 +240,62 @@ def find_trace_entry(store: Store, trace_id: str, lo_s: int | None, hi_s: int | 
 
 
 # -- search ----------------------------------------------------------------------------------------------
+@dataclass
+class Round:
+    """One search round of one trace: ``where`` selects its rows (time window and keys), with
+    ``params`` (ClickHouse parameters); ``details``: bring the display columns too."""
+
+    where: str
+    params: dict
+    details: bool
+    limit: int
+
+
+# The entry's keys the first round asks with: (name in LINK_COLUMNS, expression, ClickHouse type);
+# their order numbers the elements of the first round's ``e`` tuple.
+_ENTRY_KEYS: list[tuple[str, str, str]] = [
+    ("x_request_id_0", "x_request_id_0", "String"), ("x_request_id_1", "x_request_id_1", "String"),
+    ("trace_id", "trace_id", "String"), ("signal_source", "signal_source", "UInt16"),
+    ("req_tcp_seq", "req_tcp_seq", "UInt32"), ("resp_tcp_seq", "resp_tcp_seq", "UInt32"),
+    ("syscall_trace_id_request", "syscall_trace_id_request", "UInt64"),
+    ("syscall_trace_id_response", "syscall_trace_id_response", "UInt64"), ("ip_1", _IP.format(s=1), "String"),
+    ("server_port", "server_port", "UInt16"), ("client_port", "client_port", "UInt16"),
+    ("start_time_us", "toUnixTimestamp64Micro(start_time)", "Int64"),
+    ("end_time_us", "toUnixTimestamp64Micro(end_time)", "Int64"),
+    ("", "is_ipv4", "UInt8"), ("", "ip4_1", "IPv4"), ("", "ip6_1", "IPv6"),
+]
+
+
+def _entry_keys(entry: dict) -> list:
+    """The values of _ENTRY_KEYS for an entry row fetched with LINK_COLUMNS (is_ipv4, ip4_1 and
+    ip6_1 from its ip_1 text: only IPv6NumToString writes a ':')."""
+    ip = entry["ip_1"]
+    v6 = ":" in ip
+    return [entry[name] for name, _, _ in _ENTRY_KEYS[:13]] + [int(not v6), "0.0.0.0" if v6 else ip, ip if v6 else "::"]
+
+
+def fetch_rounds(store: Store, rounds: list[Round]) -> list[list[dict]]:
+    """The rows of several rounds (of different traces) in one query: each row says which rounds
+    asked for it, so every trace gets exactly the rows its own query would have brought."""
+    details = any(r.details for r in rounds)
+    columns = {**DETAIL_COLUMNS, **LINK_COLUMNS} if details else LINK_COLUMNS
+    params = {k: v for r in rounds for k, v in r.params.items()}
+    params["lim"] = sum(r.limit for r in rounds)
+    if len(rounds) == 1:
+        return [store.query(f"SELECT {_select(columns)} FROM {L7_TABLE} WHERE {rounds[0].where} "
+                            "LIMIT {lim:UInt32}", params)]
+    hits = ", ".join(f"({r.where})" for r in rounds)
+    rows = store.query(f"SELECT {_select(columns)}, [{hits}] AS `_hits` FROM {L7_TABLE} "
+                       f"WHERE {' OR '.join(f'({r.where})' for r in rounds)} LIMIT {{lim:UInt32}}", params)
+    out: list[list[dict]] = [[] for _ in rounds]
+    for row in rows:
+        hit = row.pop("_hits")
+        for i, h in enumerate(hit):
+            if h:
+                out[i].append(dict(row))
+    return out
+
+
 def _xrids(r: dict) -> tuple[str, ...]:
     return tuple(x for x in (r["x_request_id_0"], r["x_request_id_1"]) if x)
 
@@ -416,16 +486,35 @@ class Search:
         """The entry row and the rows sharing its keys, in one query: the entry's keys come from a
         scalar subquery (its second is ``_id >> 32``), so the first round needs no separate fetch.
         None when the entry does not exist."""
+        sec = entry_id >> 32
+        rnd = self.first_round_query(entry_id)
+        entry_keys = ", ".join(expr for _, expr, _ in _ENTRY_KEYS)
+        sql = (f"WITH (SELECT ({entry_keys}) FROM {L7_TABLE} WHERE time >= toDateTime({{e0:UInt32}}) AND "
+               "time <= toDateTime({e1:UInt32}) AND _id = {eid:UInt64} LIMIT 1) AS e "
+               f"SELECT {_select(LINK_COLUMNS)} FROM {L7_TABLE} WHERE {rnd.where} LIMIT {{lim:UInt32}}")
+        rows = self.store.query(sql, {**rnd.params, "e0": sec - 1, "e1": sec + 1, "lim": rnd.limit})
+        return self.first_round_accept(entry_id, rows)
+
+    def first_round_query(self, entry_id: int, entry: dict | None = None, p: str = "") -> Round:
+        """The first round's rows: the entry and the rows sharing its keys, around its second. The
+        entry's keys are ``tupleElement(e, i)`` of a scalar subquery ``e`` (``entry`` None), else
+        parameters taken from ``entry`` (its link columns, fetched before)."""
         cfg, src = self.cfg, self.cfg.sources
         sec = entry_id >> 32
         w = cfg.window_s
         lo_s = max(sec - w - 1, self.bounds[0]) if self.bounds[0] is not None else sec - w - 1
         hi_s = min(sec + w + 1, self.bounds[1]) if self.bounds[1] is not None else sec + w + 1
-        where, params = _time_filter(lo_s, max(lo_s, hi_s))
-        params.update(eid=entry_id, e0=sec - 1, e1=sec + 1, tol=cfg.host_clock_offset_us)
-        ip1 = _IP.format(s=1)
-        e = lambda i: f"tupleElement(e, {i})"  # noqa: E731
-        ors = ["_id = {eid:UInt64}"]
+        where, params = _time_filter(lo_s, max(lo_s, hi_s), p)
+        params.update({f"{p}eid": entry_id, f"{p}tol": cfg.host_clock_offset_us})
+        if entry is None:
+            e = lambda i: f"tupleElement(e, {i})"  # noqa: E731
+        else:
+            e = lambda i: f"{{{p}e{i}:{_ENTRY_KEYS[i - 1][2]}}}"  # noqa: E731
+            params.update({f"{p}e{i}": v for i, v in enumerate(_entry_keys(entry), 1)})
+        tol = f"{{{p}tol:Int64}}"
+        # ip_1 equal to the entry's, compared as numbers (formatting every row's address costs more)
+        same_ip1 = f"is_ipv4 = {e(14)} AND if(is_ipv4, ip4_1 = {e(15)}, ip6_1 = {e(16)})"
+        ors = [f"_id = {{{p}eid:UInt64}}"]
         if "x_request_id" in src:
             ors += [f"({e(n)} != '' AND (x_request_id_0 = {e(n)} OR x_request_id_1 = {e(n)}))" for n in (1, 2)]
         if "trace_id" in src:
@@ -437,21 +526,17 @@ class Search:
             ors += [f"({e(n)} != 0 AND (syscall_trace_id_request = {e(n)} OR syscall_trace_id_response = {e(n)}))"
                     for n in (7, 8)]
         if "tuple" in src:
-            during = (f"end_time >= fromUnixTimestamp64Micro({e(12)} - {{tol:Int64}}) "
-                      f"AND start_time <= fromUnixTimestamp64Micro({e(13)} + {{tol:Int64}})")
+            during = (f"end_time >= fromUnixTimestamp64Micro({e(12)} - {tol}) "
+                      f"AND start_time <= fromUnixTimestamp64Micro({e(13)} + {tol})")
             ors.append(f"({e(11)} != 0 AND {e(10)} != 0 AND client_port = {e(11)} AND server_port = {e(10)} "
-                       f"AND {ip1} = {e(9)} AND ({e(4)} != 4 OR {e(9)} NOT IN ('0.0.0.0', '::')) AND {during})")
+                       f"AND {same_ip1} AND ({e(4)} != 4 OR {e(9)} NOT IN ('0.0.0.0', '::')) AND {during})")
             ors.append(f"({e(4)} = 4 AND {e(11)} = 0 AND {e(10)} != 0 AND {e(9)} NOT IN ('0.0.0.0', '::') "
-                       f"AND server_port = {e(10)} AND {ip1} = {e(9)} AND {during})")
-        entry_keys = (f"x_request_id_0, x_request_id_1, trace_id, signal_source, req_tcp_seq, resp_tcp_seq, "
-                      f"syscall_trace_id_request, syscall_trace_id_response, {ip1}, server_port, client_port, "
-                      "toUnixTimestamp64Micro(start_time), toUnixTimestamp64Micro(end_time)")
-        sql = (f"WITH (SELECT ({entry_keys}) FROM {L7_TABLE} WHERE time >= toDateTime({{e0:UInt32}}) AND "
-               "time <= toDateTime({e1:UInt32}) AND _id = {eid:UInt64} LIMIT 1) AS e "
-               f"SELECT {_select(LINK_COLUMNS)} FROM {L7_TABLE} WHERE {where} AND ({' OR '.join(ors)}) "
-               "LIMIT {lim:UInt32}")
-        params["lim"] = cfg.max_spans * 4
-        rows = self.store.query(sql, params)
+                       f"AND server_port = {e(10)} AND {same_ip1} AND {during})")
+        return Round(f"{where} AND ({' OR '.join(ors)})", params, False, cfg.max_spans * 4)
+
+    def first_round_accept(self, entry_id: int, rows: list[dict]) -> dict | None:
+        """Link what the first round brought; the entry row, or None when it does not exist."""
+        cfg = self.cfg
         entry = next((r for r in rows if r["_id"] == entry_id), None)
         if entry is None:
             return None
@@ -496,72 +581,74 @@ class Search:
             self._reject(c)
 
     def run(self) -> None:
-        cfg = self.cfg
-        while self.iterations < cfg.max_iteration:
-            new = self._pending()
-            if not new or len(self.found) >= cfg.max_spans:
-                break
-            self.iterations += 1
-            for k, vals in new.items():
-                self.queried[k] |= vals
-            # A round asking only for TCP sequence numbers (the other capture points of calls just
-            # found) is usually the last: it also brings the display columns of every row found so
-            # far, which saves the separate details query.
-            details = ([i for i, r in self.found.items() if "flow_id" not in r]
-                       if self.fuse_details and set(new) <= {"req_seq", "resp_seq"} else [])
-            self._process(self._query(new, details))
-            if self.truncated:
-                break
+        while (rnd := self.next_round()) is not None:
+            self._process(fetch_rounds(self.store, [rnd])[0])
 
-    def _query(self, new: dict[str, set], details: list[int]) -> list[dict]:
+    def next_round(self, p: str = "") -> Round | None:
+        """The next round's query (``p`` prefixes its parameter names), or None: nothing left to
+        ask, or a bound reached."""
+        cfg = self.cfg
+        if self.truncated or self.iterations >= cfg.max_iteration:
+            return None
+        new = self._pending()
+        if not new or len(self.found) >= cfg.max_spans:
+            return None
+        self.iterations += 1
+        for k, vals in new.items():
+            self.queried[k] |= vals
+        # A round asking only for TCP sequence numbers (the other capture points of calls just
+        # found) is usually the last: it also brings the display columns of every row found so
+        # far, which saves the separate details query.
+        details = ([i for i, r in self.found.items() if "flow_id" not in r]
+                   if self.fuse_details and set(new) <= {"req_seq", "resp_seq"} else [])
+        return self._round(new, details, p)
+
+    def _round(self, new: dict[str, set], details: list[int], p: str) -> Round:
         lo_s, hi_s = self.window()
-        where, params = _time_filter(lo_s, hi_s)
+        where, params = _time_filter(lo_s, hi_s, p)
         ors = []
         if details:
-            ors.append("_id IN {did:Array(UInt64)}")
-            params["did"] = details
+            ors.append(f"_id IN {{{p}did:Array(UInt64)}}")
+            params[f"{p}did"] = details
         if "trace_id" in new:
-            ors.append("trace_id IN {tids:Array(String)}")
-            params["tids"] = sorted(new["trace_id"])
+            ors.append(f"trace_id IN {{{p}tids:Array(String)}}")
+            params[f"{p}tids"] = sorted(new["trace_id"])
         if "xrid" in new:
-            ors.append("x_request_id_0 IN {xr:Array(String)} OR x_request_id_1 IN {xr:Array(String)}")
-            params["xr"] = sorted(new["xrid"])
+            ors.append(f"x_request_id_0 IN {{{p}xr:Array(String)}} OR x_request_id_1 IN {{{p}xr:Array(String)}}")
+            params[f"{p}xr"] = sorted(new["xrid"])
         if "req_seq" in new:
-            ors.append("req_tcp_seq IN {rq:Array(UInt32)}")
-            params["rq"] = sorted(new["req_seq"])
+            ors.append(f"req_tcp_seq IN {{{p}rq:Array(UInt32)}}")
+            params[f"{p}rq"] = sorted(new["req_seq"])
         if "resp_seq" in new:
-            ors.append("resp_tcp_seq IN {rs:Array(UInt32)}")
-            params["rs"] = sorted(new["resp_seq"])
+            ors.append(f"resp_tcp_seq IN {{{p}rs:Array(UInt32)}}")
+            params[f"{p}rs"] = sorted(new["resp_seq"])
         if "sys" in new:
-            ors.append("syscall_trace_id_request IN {sy:Array(UInt64)} OR syscall_trace_id_response IN {sy:Array(UInt64)}")
-            params["sy"] = sorted(new["sys"])
+            ors.append(f"syscall_trace_id_request IN {{{p}sy:Array(UInt64)}} OR syscall_trace_id_response IN {{{p}sy:Array(UInt64)}}")
+            params[f"{p}sy"] = sorted(new["sys"])
         if "conn" in new:
             # the spans of these connections that overlap the spans carrying them
             carriers = [self.found[i] for _, i in new["conn"]]
             tol = self.cfg.host_clock_offset_us
-            ors.append(f"((client_port, server_port, {_IP.format(s=1)}) IN {{cn:Array(Tuple(UInt16, UInt16, String))}} "
-                       "AND end_time >= fromUnixTimestamp64Micro({cn_lo:Int64}) "
-                       "AND start_time <= fromUnixTimestamp64Micro({cn_hi:Int64}))")
-            params["cn"] = sorted({(cp, sp, ip) for (ip, sp, cp), _ in new["conn"]})
-            params["cn_lo"] = min(r["start_time_us"] for r in carriers) - tol
-            params["cn_hi"] = max(r["end_time_us"] for r in carriers) + tol
+            conns = sorted({(cp, sp, ip) for (ip, sp, cp), _ in new["conn"]})
+            ors.append(f"({_ip1_in(f'{p}cn', 'client_port, server_port', 'UInt16, UInt16', conns, params)} "
+                       f"AND end_time >= fromUnixTimestamp64Micro({{{p}cn_lo:Int64}}) "
+                       f"AND start_time <= fromUnixTimestamp64Micro({{{p}cn_hi:Int64}}))")
+            params[f"{p}cn_lo"] = min(r["start_time_us"] for r in carriers) - tol
+            params[f"{p}cn_hi"] = max(r["end_time_us"] for r in carriers) + tol
             for conn, _ in new["conn"]:
-                self.conn_spans[conn].append((params["cn_lo"], params["cn_hi"]))
+                self.conn_spans[conn].append((params[f"{p}cn_lo"], params[f"{p}cn_hi"]))
         if "pair" in new:
             carriers = [self.found[i] for _, i in new["pair"]]
             tol = self.cfg.host_clock_offset_us
-            ors.append(f"((server_port, {_IP.format(s=1)}) IN {{pa:Array(Tuple(UInt16, String))}} "
-                       "AND end_time >= fromUnixTimestamp64Micro({pa_lo:Int64}) "
-                       "AND start_time <= fromUnixTimestamp64Micro({pa_hi:Int64}))")
-            params["pa"] = sorted({(sp, ip) for (ip, sp), _ in new["pair"]})
-            params["pa_lo"] = min(r["start_time_us"] for r in carriers) - tol
-            params["pa_hi"] = max(r["end_time_us"] for r in carriers) + tol
+            pairs = sorted({(sp, ip) for (ip, sp), _ in new["pair"]})
+            ors.append(f"({_ip1_in(f'{p}pa', 'server_port', 'UInt16', pairs, params)} "
+                       f"AND end_time >= fromUnixTimestamp64Micro({{{p}pa_lo:Int64}}) "
+                       f"AND start_time <= fromUnixTimestamp64Micro({{{p}pa_hi:Int64}}))")
+            params[f"{p}pa_lo"] = min(r["start_time_us"] for r in carriers) - tol
+            params[f"{p}pa_hi"] = max(r["end_time_us"] for r in carriers) + tol
             for pair, _ in new["pair"]:
-                self.conn_spans[pair].append((params["pa_lo"], params["pa_hi"]))
-        columns = {**DETAIL_COLUMNS, **LINK_COLUMNS} if details else LINK_COLUMNS
-        sql = f"SELECT {_select(columns)} FROM {L7_TABLE} WHERE {where} AND ({' OR '.join(ors)}) LIMIT {{lim:UInt32}}"
-        params["lim"] = self.cfg.max_spans * 4 + len(details)
-        return self.store.query(sql, params)
+                self.conn_spans[pair].append((params[f"{p}pa_lo"], params[f"{p}pa_hi"]))
+        return Round(f"{where} AND ({' OR '.join(ors)})", params, bool(details), self.cfg.max_spans * 4 + len(details))
 
     def _link(self, c: dict) -> tuple[str, int] | None:
         """The first rule linking candidate ``c`` to a row found, or None."""
@@ -964,9 +1051,58 @@ def assemble(engine_or_store, *, entry_id: int | None = None, trace_id: str | No
     if entry is None:
         return None
     search.run()
+    _details(store, [list(search.found.values())])
+    return _finish(search, entry, store, t0)
 
+
+def assemble_many(engine_or_store, entry_ids: list[int], *, time_range: tuple[int | None, int | None] = (None, None),
+                  config: TraceConfig | None = None) -> dict[int, Trace | None]:
+    """The traces of several requests, each exactly as ``assemble(entry_id=…)`` makes it, with the
+    searches run side by side: each round of every trace goes into one query (the entries, then
+    one query per round, then the display columns), not one query per trace and round."""
+    cfg = config or TraceConfig()
+    store = engine_or_store if isinstance(engine_or_store, Store) else Store(engine_or_store)
+    t0 = time.perf_counter()
+    ids = list(dict.fromkeys(entry_ids))
+    out: dict[int, Trace | None] = dict.fromkeys(ids)
+    if not ids:
+        return out
+    params: dict = {"ids": ids}
+    within = []
+    for n, sec in enumerate(sorted({i >> 32 for i in ids})):     # an _id's second is its top 32 bits
+        where, p = _time_filter(sec - 1, sec + 1, f"e{n}_")
+        within.append(f"({where})")
+        params.update(p)
+    found = {r["_id"]: r for r in store.query(f"SELECT {_select(LINK_COLUMNS)} FROM {L7_TABLE} WHERE "
+                                              f"({' OR '.join(within)}) AND _id IN {{ids:Array(UInt64)}}", params)}
+    searches = {i: Search(store, cfg, *time_range) for i in ids if i in found}
+    entries: dict[int, dict] = {}
+    rounds = {i: s.first_round_query(i, found[i], f"s{n}_") for n, (i, s) in enumerate(searches.items())}
+    for i, rows in zip(rounds, fetch_rounds(store, list(rounds.values())), strict=True):
+        entry = searches[i].first_round_accept(i, rows)
+        if entry is not None:
+            entries[i] = entry
+    active = [i for i in searches if i in entries]
+    while active:
+        rounds = {}
+        for n, i in enumerate(active):
+            rnd = searches[i].next_round(f"s{n}_")
+            if rnd is not None:
+                rounds[i] = rnd
+        if rounds:
+            for i, rows in zip(rounds, fetch_rounds(store, list(rounds.values())), strict=True):
+                searches[i]._process(rows)
+        active = list(rounds)
+    _details(store, [list(searches[i].found.values()) for i in entries])
+    for i, entry in entries.items():
+        out[i] = _finish(searches[i], entry, store, t0)
+    return out
+
+
+def _finish(search: Search, entry: dict, store: Store, t0: float) -> Trace:
+    """Steps 2 and 3 over the rows the search found (with their display columns)."""
+    cfg = search.cfg
     rows = list(search.found.values())
-    _details(store, rows)
     merged = merge_responses(rows)
     spans = [Span(i, r, ids, *search.how[ids[0]]) for i, (r, ids) in enumerate(merged)]
     tree = Tree(spans, cfg)
@@ -1019,26 +1155,33 @@ def _reindex(kept: list[Span]) -> list[Span]:
     return out
 
 
-def _details(store: Store, rows: list[dict]) -> None:
+def _details(store: Store, traces: list[list[dict]]) -> None:
     """The tree and display columns of the rows found (names from the flow_tag dictionaries), in
-    place, for the rows the search did not bring them with."""
-    missing = [r for r in rows if "flow_id" not in r]
+    place, for the rows the search did not bring them with; one query for the rows of all traces."""
+    missing = [r for rows in traces for r in rows if "flow_id" not in r]
     by_id: dict[int, dict] = {}
     if missing:
-        secs = [r["_id"] >> 32 for r in missing]
-        where, params = _time_filter(min(secs) - 1, max(secs) + 1)
-        details = store.query(f"SELECT {_select(DETAIL_COLUMNS)} FROM {L7_TABLE} WHERE {where} "
-                              "AND _id IN {ids:Array(UInt64)}", {**params, "ids": [r["_id"] for r in missing]})
+        ids = sorted({r["_id"] for r in missing})
+        ranges, params = [], {"ids": ids}
+        for n, rows in enumerate(traces):
+            secs = [r["_id"] >> 32 for r in rows if "flow_id" not in r]
+            if secs:
+                where, p = _time_filter(min(secs) - 1, max(secs) + 1, f"d{n}_" if len(traces) > 1 else "")
+                ranges.append(f"({where})")
+                params.update(p)
+        details = store.query(f"SELECT {_select(DETAIL_COLUMNS)} FROM {L7_TABLE} WHERE ({' OR '.join(ranges)}) "
+                              "AND _id IN {ids:Array(UInt64)}", params)
         by_id = {d["_id"]: d for d in details}
-    for r in rows:
-        d = by_id.get(r["_id"])
-        if d is not None:
-            for k, v in d.items():
-                r.setdefault(k, v)
-        for k in TREE_COLUMNS:
-            r.setdefault(k, None if k in ("request_id", "span_kind") else
-                         "" if k in ("app_service", "span_id", "parent_span_id") else 0)
-        r.setdefault("response_status", 0)
+    for rows in traces:
+        for r in rows:
+            d = by_id.get(r["_id"])
+            if d is not None:
+                for k, v in d.items():
+                    r.setdefault(k, v)
+            for k in TREE_COLUMNS:
+                r.setdefault(k, None if k in ("request_id", "span_kind") else
+                             "" if k in ("app_service", "span_id", "parent_span_id") else 0)
+            r.setdefault("response_status", 0)
 
 
 # -- DeepFlow's L7FlowTracing answer -------------------------------------------------------------------------------

@@ -172,6 +172,49 @@ def test_unknown_entry(lab):
     assert tracing.assemble(lab.engine, trace_id="0" * 31 + "1") is None
 
 
+def _same(tr: tracing.Trace) -> tuple:
+    """A trace as its answers show it (the search's timing and the order of its samples aside)."""
+    data = tracing.l7_flow_tracing_data(tr)
+    c = {k: v for k, v in data["completeness"].items() if k != "elapsed_ms"}
+    c["rejected_samples"] = sorted(c["rejected_samples"], key=lambda x: x["_id"])
+    return data["tracing"], data["services"], c
+
+
+@pytest.mark.parametrize("cfg", [TraceConfig(), TraceConfig(signal_sources=frozenset({PACKET})),
+                                 TraceConfig(max_iteration=2), TraceConfig(max_spans=6)],
+                         ids=["default", "packet only", "max_iteration", "max_spans"])
+def test_assemble_many_is_assemble_side_by_side(lab, traces, cfg):
+    """Searches run side by side (the Jaeger search) make exactly the traces they make alone: every
+    request, every span of the cart's trace as an entry, and an _id that does not exist. (Which
+    rows a truncated search keeps depends on the order ClickHouse returns them in, alone too.)"""
+    entries = [lab.entry(r) for r in REQUESTS] + sorted(i for s in traces[CART["path"]].spans for i in s.ids)[:8]
+    entries.append((1 << 32) | 5)
+    many = tracing.assemble_many(lab.engine, entries, config=cfg)
+    assert list(many) == list(dict.fromkeys(entries)) and many[(1 << 32) | 5] is None
+    for e in entries[:-1]:
+        alone = tracing.assemble(lab.engine, entry_id=e, config=cfg)
+        if alone.completeness["truncated"]:
+            assert many[e].completeness["truncated"] and len(many[e].spans) <= cfg.max_spans
+        else:
+            assert _same(many[e]) == _same(alone), f"from {e}"
+
+
+@pytest.mark.parametrize("row, ip, hit", [((1, "10.0.0.1", "::"), "10.0.0.1", 1), ((1, "10.0.0.1", "::"), "10.0.0.2", 0),
+                                         ((0, "0.0.0.0", "fd00::1"), "fd00::1", 1),
+                                         ((0, "0.0.0.0", "::ffff:10.0.0.1"), "10.0.0.1", 0),
+                                         ((0, "0.0.0.0", "::ffff:10.0.0.1"), "::ffff:10.0.0.1", 1)])
+def test_connection_keys_compare_addresses_as_numbers(lab, row, ip, hit):
+    """(ports, ip_1 text) IN keys without formatting each row's address: the same rows as the text."""
+    params: dict = {}
+    cond = tracing._ip1_in("cn", "client_port, server_port", "UInt16, UInt16", [(5, 80, ip)], params)
+    is_v4, ip4, ip6 = row
+    [[by_number, by_text]] = lab.client.query(
+        f"SELECT countIf({cond}), countIf(client_port = 5 AND server_port = 80 AND {tracing._IP.format(s=1)} = '{ip}') "
+        f"FROM (SELECT toUInt8({is_v4}) AS is_ipv4, toIPv4('{ip4}') AS ip4_1, toIPv6('{ip6}') AS ip6_1, "
+        "toUInt16(5) AS client_port, toUInt16(80) AS server_port)", parameters=params).result_rows
+    assert by_number == by_text == hit
+
+
 def test_network_spans_only(lab):
     """Without app (or eBPF) spans the proxy hop still stitches by X-Request-ID and TCP sequence
     numbers, but nothing says which of the api's outgoing calls served the request."""
