@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datasource.dialect import DialectError, Translation, translate
+from datasource.dialect.fill import fill_buckets
 from datasource.guard import QueryRejected, QuerySyntaxError, check_and_resolve
 
 
@@ -127,6 +128,8 @@ class QueryEngine:
                 columns = names
                 schemas = [dict(s, value_type=s["value_type"] or t) for s, t in zip(schemas, types, strict=False)]
             values += _rows(rows)
+        if tr.fill is not None:
+            values = fill_buckets(tr.fill, columns or [], schemas, values)
         result = {"columns": columns or [], "values": values or None, "schemas": schemas}
         return 200, envelope(result, debug={"query_sqls": queries} if debug else None)
 

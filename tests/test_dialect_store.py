@@ -969,3 +969,50 @@ def test_debug_lists_every_clickhouse_query(engine):
     [q] = body["debug"]["query_sqls"]
     assert q["Sql"] == 'SELECT sum(byte_tx + byte_rx) AS "Sum(byte)" FROM flow_log."l4_flow_log" LIMIT 10000'
     assert q["Error"] == ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# time(time, N, W, fill): DeepFlow's TimeFill
+
+
+def test_time_fill_zero_gives_every_bucket_of_the_range(engine, span):
+    """A one-hour range around the capture at 60 s: every minute has a row, the minutes without
+    traffic hold 0, the others what ClickHouse summed (the same as without fill)."""
+    lo = span["t0"] // 60 * 60 - 1800
+    hi = lo + 3599
+    base = f"from l4_flow_log where time >= {lo} and time <= {hi} group by t order by t"
+    _, plain = dialect(engine, f"select time(time, 60) as t, Sum(packet) as p {base}", "flow_log")
+    cols, filled = dialect(engine, f"select time(time, 60, 1, 0) as t, Sum(packet) as p {base}", "flow_log")
+    assert cols == ["t", "p"]
+    assert [r[0] for r in filled] == list(range(lo, hi + 1, 60))
+    got = dict(map(tuple, plain))
+    assert plain and len(plain) < 60
+    assert all(p == got.get(t, 0) for t, p in filled)
+    # again with other bounds: the shape's template recomputes the range
+    _, later = dialect(engine, f"select time(time, 60, 1, 0) as t, Sum(packet) as p from l4_flow_log "
+                                f"where time >= {lo + 600} and time <= {hi} group by t order by t", "flow_log")
+    assert [r[0] for r in later] == list(range(lo + 600, hi + 1, 60))
+    _, desc = dialect(engine, f"select time(time, 60, 1, 0) as t, Sum(packet) as p from l4_flow_log "
+                               f"where time >= {lo} and time <= {hi} group by t order by t desc", "flow_log")
+    assert desc == filled[::-1]
+
+
+def test_time_fill_null_per_series_and_none(engine, span):
+    """Each series (the tag columns) gets its own missing buckets as null; ``none`` fills nothing."""
+    lo = span["t0"] // 120 * 120 - 600
+    hi = span["t1"] // 120 * 120 + 600
+    sql = ("select time(time, 120, 1, {fill}) as t, protocol, Sum(byte) as b from l4_flow_log "
+           f"where time >= {lo} and time < {hi} group by t, protocol order by t")
+    _, plain = dialect(engine, sql.format(fill="none"), "flow_log")
+    _, filled = dialect(engine, sql.format(fill="null"), "flow_log")
+    protocols = {r[1] for r in plain}
+    assert len(protocols) >= 2
+    buckets = list(range(lo, hi, 120))
+    for proto in protocols:
+        mine = [r for r in filled if r[1] == proto]
+        assert [r[0] for r in mine] == buckets
+        have = {r[0]: r[2] for r in plain if r[1] == proto}
+        assert all(r[2] == have.get(r[0]) for r in mine)          # None where the series was silent
+    assert [r[0] for r in filled] == sorted(r[0] for r in filled)  # still in time order
+    status, body = engine.query(sql.format(fill="'zero'"), "flow_log")
+    assert status == 500 and "fill must be 0, null or none" in body["DESCRIPTION"]

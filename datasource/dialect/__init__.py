@@ -10,6 +10,7 @@ Modules, one concept each:
 * ``translate`` — a SELECT → one ClickHouse SELECT;
 * ``show``      — the SHOW statements, mostly answered from the catalogue;
 * ``shape``     — templates of SELECTs whose time (and other copied) literals vary;
+* ``fill``      — ``time(…, fill)``: the missing buckets, added to the rows after the query;
 * ``safety``    — the final check every generated query passes before it may run.
 
 Two caches: by exact text (db, precision, language, sql) — dashboards repeat statements —, and by
@@ -30,7 +31,7 @@ from datasource.dialect.errors import DialectError
 from datasource.dialect.parse import DeepFlowShow, parse
 from datasource.dialect.shape import Lifter, Shape, Template, lex
 from datasource.dialect.show import answer
-from datasource.dialect.translate import translate_select
+from datasource.dialect.translate import _evaluate, fold_range, translate_select
 
 __all__ = ["DialectError", "Translation", "translate", "translate_uncached"]
 
@@ -49,7 +50,9 @@ class Translation:
     ClickHouse's result type), "pre_as", "label_type"}``;
     ``queries``: every ClickHouse query to run, in order (``[sql]`` for a SELECT);
     ``template``: a SELECT's SQL with its lifted literals as markers — translations with one template
-    have the same result columns and types ("" for SHOW).
+    have the same result columns and types ("" for SHOW);
+    ``fill``: ``time(time, N, W, 0|null)`` with a WHERE time range: (bucket column, interval, offset,
+    fill value, start, end) for ``fill.fill_buckets`` on the rows.
     """
 
     sql: str | None
@@ -57,6 +60,7 @@ class Translation:
     schemas: list[dict]
     queries: list[str]
     template: str = ""
+    fill: tuple | None = None
 
 
 class _Cache:
@@ -112,7 +116,7 @@ def translate(sql: str, db: str | None, data_precision: str | None = None, *,
         if tmpl is not None and tmpl.fits(shape.literals):
             sql_out = tmpl.render(shape.literals)
             safety.check(sql_out)          # the template passed it; the new literals are quoted, yet check
-            return Translation(sql_out, None, tmpl.schemas, [sql_out], tmpl.text)
+            return Translation(sql_out, None, tmpl.schemas, [sql_out], tmpl.text, tmpl.fill_for(shape.literals))
     _translated[0] += 1
     tr, tmpl = translate_uncached(sql, db, precision, language, shape)
     if tmpl is not None:
@@ -142,10 +146,14 @@ def translate_uncached(sql: str, db: str | None, precision: str | None, language
         text = safety.qualify(text, result.shadowed, result.table)
     schemas = [{"unit": c.unit, "type": c.type, "value_type": "", "pre_as": c.pre_as, "label_type": ""}
                for c in result.columns]
-    tmpl = lifter.template(text, result.window, schemas) if lifter is not None else None
+    tmpl = lifter.template(text, result.window, schemas, result.fill) if lifter is not None else None
     final = lifter.render(text) if lifter is not None else text
     safety.check(final)
-    return Translation(final, None, schemas, [final], tmpl.text if tmpl is not None else final), tmpl
+    fill = None
+    if result.fill is not None:
+        name, interval, offset, value, terms = result.fill
+        fill = (name, interval, offset, value, *fold_range([(lo, st, _evaluate(n)) for lo, st, n in terms]))
+    return Translation(final, None, schemas, [final], tmpl.text if tmpl is not None else final, fill), tmpl
 
 
 def _show(tree: DeepFlowShow, db: str | None, precision: str | None, language: str) -> Translation:

@@ -99,13 +99,21 @@ class Template:
     # interval and the seconds they gave — when the range sized an aggregate
     window: tuple[tuple[tuple[bool, bool, int | None, object], ...], int, float] | None
     schemas: list[dict]
+    # time(…, fill): (bucket column, interval, offset, fill value, the time range's bounds as above)
+    fill: tuple[str, int, int, str, tuple[tuple[bool, bool, int | None, object], ...]] | None = None
 
     def fits(self, literals: tuple[Literal, ...]) -> bool:
         if self.window is None:
             return True
         terms, ds, seconds = self.window
-        values = [(lower, strict, literals[i].evaluated() if i is not None else v) for lower, strict, i, v in terms]
-        return range_seconds(fold_range(values), ds) == seconds
+        return range_seconds(_range(terms, literals), ds) == seconds
+
+    def fill_for(self, literals: tuple[Literal, ...]) -> tuple | None:
+        """The request's time fill: (column, interval, offset, value, start, end)."""
+        if self.fill is None:
+            return None
+        name, interval, offset, value, terms = self.fill
+        return (name, interval, offset, value, *_range(terms, literals))
 
     def render(self, literals: tuple[Literal, ...]) -> str:
         values = [literal(_convert(literals[i], convert)) for i, convert in self.slots]
@@ -148,25 +156,44 @@ class Lifter:
         """The SQL of this request: its own values in the markers."""
         return _SLOT.sub(lambda m: literal(self.params[int(m[1])].value), text) if self.params else text
 
-    def template(self, text: str, window, schemas: list[dict]) -> Template | None:
+    def template(self, text: str, window, schemas: list[dict], fill=None) -> Template | None:
         """The template of this translation, or None when nothing was lifted or the time range that
-        sized an aggregate cannot be recomputed from the literals."""
+        sized an aggregate (or bounds a time fill) cannot be recomputed from the literals."""
         if not self.slots:
             return None
         lifted = tuple(sorted({i for i, _ in self.slots}))
-        recipe = None
+        recipe = fill_recipe = None
         if window is not None:
-            terms, ds, seconds = [], window[1], window[2]
-            for lower, strict, node in window[0]:
-                bound = node
-                while isinstance(bound, exp.Paren):
-                    bound = bound.this
-                i = self.candidates.get(id(bound))
-                if i is not None and i in lifted:
-                    terms.append((lower, strict, i, None))
-                elif any(self.candidates.get(id(n)) in lifted for n in node.find_all(exp.Literal)):
-                    return None
-                else:
-                    terms.append((lower, strict, None, _evaluate(node)))
-            recipe = (tuple(terms), ds, seconds)
-        return Template(text, lifted, tuple(self.slots), recipe, schemas)
+            terms = self._bounds(window[0], lifted)
+            if terms is None:
+                return None
+            recipe = (terms, window[1], window[2])
+        if fill is not None:
+            terms = self._bounds(fill[4], lifted)
+            if terms is None:
+                return None
+            fill_recipe = (*fill[:4], terms)
+        return Template(text, lifted, tuple(self.slots), recipe, schemas, fill_recipe)
+
+    def _bounds(self, nodes, lifted: tuple[int, ...]) -> tuple | None:
+        """Time-range comparisons → (lower?, strict?, literal index or None, value when fixed), or None
+        when a bound mixes a lifted literal into an expression."""
+        terms = []
+        for lower, strict, node in nodes:
+            bound = node
+            while isinstance(bound, exp.Paren):
+                bound = bound.this
+            i = self.candidates.get(id(bound))
+            if i is not None and i in lifted:
+                terms.append((lower, strict, i, None))
+            elif any(self.candidates.get(id(n)) in lifted for n in node.find_all(exp.Literal)):
+                return None
+            else:
+                terms.append((lower, strict, None, _evaluate(node)))
+        return tuple(terms)
+
+
+def _range(terms, literals: tuple[Literal, ...]) -> tuple[float | None, float | None]:
+    """A template's time range for a request's literals."""
+    return fold_range([(lower, strict, literals[i].evaluated() if i is not None else v)
+                       for lower, strict, i, v in terms])

@@ -87,6 +87,7 @@ class TimeBucket:
     window: int = 1
     offset: int = 0
     name: str = ""
+    fill: str | None = None       # time(time, N, W, fill): "0" or "null" for missing buckets, None none
 
     def sql(self, source: str) -> str:
         unit = (f"toIntervalDay({self.interval // 86400})" if self.interval >= 86400 and self.interval % 86400 == 0
@@ -117,6 +118,9 @@ class SelectTranslation:
     # set when the WHERE time range sized an aggregate (Avg, PerSecond, Time_interval): the range's
     # comparisons (lower bound?, strict?, value node), the datasource interval and the seconds they gave
     window: tuple[list[tuple[bool, bool, exp.Expression]], int, float] | None = None
+    # time(…, fill): the bucket column, interval, offset, fill value, and the WHERE time range's
+    # comparisons the buckets to fill are read from (per request: shape.py recomputes them)
+    fill: tuple[str, int, int, str, list[tuple[bool, bool, exp.Expression]]] | None = None
 
 
 class Translator:
@@ -190,7 +194,13 @@ class Translator:
             sql = self._two_layers(columns, group, where_sql)
         else:
             sql = self._one_layer(columns, group, where_sql)
-        return SelectTranslation(sql, columns, self.physical, self._shadowed(columns), self._window())
+        return SelectTranslation(sql, columns, self.physical, self._shadowed(columns), self._window(), self._fill())
+
+    def _fill(self) -> tuple | None:
+        t = self.time
+        if t is None or t.fill is None or not self.range_terms:
+            return None
+        return (t.name, t.interval, t.offset, t.fill, self.range_terms)
 
     def _window(self) -> tuple[list, int, float] | None:
         return (self.range_terms, self.ds, self.interval()) if self.range_used else None
@@ -647,7 +657,21 @@ class Translator:
             window = int(self._number(args[2], body)) if len(args) > 2 else 1
             offset = int(self._number(args[4], body)) if len(args) > 4 else 0
             name = node.alias if isinstance(node, exp.Alias) else text(body)
-            self.time = TimeBucket(interval, max(window, 1), offset, name)
+            fill = self._fill_value(args[3], body) if len(args) > 3 else None
+            self.time = TimeBucket(interval, max(window, 1), offset, name, fill)
+
+    @staticmethod
+    def _fill_value(node: exp.Expression, call: exp.Expression) -> str | None:
+        """time()'s fill argument: 0 or null fill missing buckets (DeepFlow's TimeFill), none doesn't."""
+        if isinstance(node, exp.Null):
+            return "null"
+        if isinstance(node, exp.Literal | exp.Column):
+            value = node.name.lower()
+            if value in ("0", "null"):
+                return value
+            if value in ("none", ""):
+                return None
+        raise DialectError(f"{text(call)}: fill must be 0, null or none, got {text(node)}{where(node)}")
 
     def _number(self, node: exp.Expression, call: exp.Expression) -> float:
         value = _evaluate(node)
@@ -881,7 +905,8 @@ class Translator:
             sql += f" GROUP BY {', '.join(ident(c.name) for c in columns)}"
         limit = self.tree.args.get("limit")
         sql += f" LIMIT {self._int(limit.expression, 'LIMIT') if limit is not None else DEFAULT_LIMIT}"
-        return SelectTranslation(sql, outer_cols, self.physical, self._shadowed(columns), self._window())
+        return SelectTranslation(sql, outer_cols, self.physical, self._shadowed(columns), self._window(),
+                                 self._fill())
 
 
 _ARITHMETIC = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%"}
