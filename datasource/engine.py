@@ -8,8 +8,10 @@ Shared by the HTTP API and ``flowscope query`` so both answer identically.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import math
+import re
 import threading
 import time
 import uuid
@@ -75,12 +77,29 @@ COLUMN_CACHE_SIZE = 4096
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
+# ClickHouse types whose values clickhouse-connect already returns JSON-ready (str — invalid UTF-8
+# comes as hex text —, int, bool, None): their columns are passed through without a look at each value.
+_READY_TYPE = re.compile(r"(?:(?:Nullable|LowCardinality)\()*(?:String|U?Int(?:8|16|32|64|128|256)|Bool|"
+                         r"Enum(?:8|16)\(.*\))\)*")
 
 
-def _rows(rows) -> list[list]:
-    """Rows as JSON-ready lists. Most values (text, integers, NULL) are ready as they are: one type
-    test each instead of ``_value``'s chain (~5 ms less per 1000 rows of a flow log)."""
-    return [[v if type(v) in _PLAIN else _value(v) for v in r] for r in rows]
+@functools.lru_cache(maxsize=1024)
+def _ready(type_name: str) -> bool:
+    return _READY_TYPE.fullmatch(type_name) is not None
+
+
+def _column(values: list, type_name: str) -> list:
+    """One result column as JSON-ready values: as it is for text and integer types, otherwise one
+    type test per value (floats, times, addresses, arrays go through ``_value``)."""
+    if _ready(type_name):
+        return values
+    return [v if type(v) in _PLAIN else _value(v) for v in values]
+
+
+def _values(columns: list[list], types: list[str]) -> list[list]:
+    """Rows (lists) of JSON-ready values from a columnar result: converting by column skips the
+    per-value work for the text and integer columns that make up most dashboard answers."""
+    return list(map(list, zip(*(_column(c, t) for c, t in zip(columns, types, strict=False)), strict=True)))
 
 
 class QueryEngine:
@@ -123,11 +142,11 @@ class QueryEngine:
             status, res = self._run(ch_sql, queries, tr.template or ch_sql)
             if status != 200:
                 return status, res
-            names, types, rows = res
+            names, types, data = res
             if columns is None:
                 columns = names
                 schemas = [dict(s, value_type=s["value_type"] or t) for s, t in zip(schemas, types, strict=False)]
-            values += _rows(rows)
+            values += _values(data, types)
         if tr.fill is not None:
             values = fill_buckets(tr.fill, columns or [], schemas, values)
         result = {"columns": columns or [], "values": values or None, "schemas": schemas}
@@ -146,16 +165,16 @@ class QueryEngine:
         status, res = self._run(ch_sql, queries)
         if status != 200:
             return status, res
-        names, types, rows = res
+        names, types, data = res
         result = {
             "columns": names,
-            "values": _rows(rows) if rows else None,
+            "values": _values(data, types) or None,
             "schemas": [{"unit": "", "type": 0, "value_type": t, "pre_as": "", "label_type": ""} for t in types],
         }
         return 200, envelope(result, debug={"query_sqls": queries} if debug else None)
 
     def _run(self, ch_sql: str, log: list[dict], shape: str | None = None):
-        """Execute one query: (200, (names, types, rows)) or (500, FAIL envelope); ``log`` gets the
+        """Execute one query: (200, (names, types, columns)) or (500, FAIL envelope); ``log`` gets the
         debug entry either way. ``shape``: the key of its result columns (default: the SQL)."""
         t0 = time.perf_counter()
         entry = {"IP": "", "Sql": ch_sql, "QueryTime": "", "QueryUUID": str(uuid.uuid4()), "Error": ""}
@@ -179,7 +198,7 @@ class QueryEngine:
             entry.update(QueryTime=f"{time.perf_counter() - t0:.9f}s", Error=msg)
             return 500, envelope(status="FAIL", description=msg, debug={"query_sqls": log})
         entry["QueryTime"] = f"{time.perf_counter() - t0:.9f}s"
-        return 200, (names, types, res.result_rows)
+        return 200, (names, types, res.result_columns)
 
     def _remember(self, key: str, names: list[str], types: list[str]) -> None:
         self._columns[key] = (tuple(names), tuple(types))

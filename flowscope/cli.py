@@ -509,7 +509,9 @@ def serve(
         secret = _token(token, cfg)
         engine = _engine(cfg, client)
         web = create_app(engine, token=secret, routes=_extra_routes(cfg, engine))
-        server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level="warning"))
+        # access_log off: at log level warning nothing is printed anyway, and each request skips the
+        # access line's formatting (uvicorn uses httptools and uvloop by itself: they are dependencies)
+        server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level="warning", access_log=False))
         err.print(f"flowscope datasource on http://{host}:{port}/v1/query/"
                   + ("  (bearer token required)" if secret else "") + "  (Ctrl-C stops)")
         # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it
