@@ -377,3 +377,20 @@ def test_qualify_shadowed_columns_of_the_level_reading_the_table():
         f'SELECT sum({T}.request) AS "request", request_length AS "x" FROM {T} WHERE {T}.request > 0 AND '
         f"toUInt64(pod_id_1) GLOBAL IN (SELECT request FROM flow_tag.pod_map WHERE request = 'request') "
         f"ORDER BY \"request\" ASC")
+
+
+@pytest.mark.parametrize("text", ["1", "-5", "1.5", "1e+16", "inf", "'a\\'b'", "''", "'x\\\\'"])
+def test_a_rendered_parameter_is_one_literal(text):
+    from datasource.dialect.safety import check_literal
+
+    assert check_literal(text) == text
+
+
+@pytest.mark.parametrize("text", ["'a' OR 1", "1) OR (1", "'a", "'a\\'", "1 1", "x", "'a''b'", "1; DROP"])
+def test_anything_else_in_a_parameter_is_refused(text):
+    """The shape cache checks only the parameters of a template the whole check passed: a value
+    that is not exactly one literal token could change the query, so it is refused."""
+    from datasource.dialect.safety import check_literal
+
+    with pytest.raises(DialectError, match="not one literal"):
+        check_literal(text)

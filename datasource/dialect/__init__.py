@@ -114,8 +114,8 @@ def translate(sql: str, db: str | None, data_precision: str | None = None, *,
         lifted = _lifted.get(skey)
         tmpl = _templates.get((*skey, lifted, shape.fixed(lifted))) if lifted is not None else None
         if tmpl is not None and tmpl.fits(shape.literals):
-            sql_out = tmpl.render(shape.literals)
-            safety.check(sql_out)          # the template passed it; the new literals are quoted, yet check
+            sql_out = tmpl.render(shape.literals)     # each parameter checked to be one literal
+            safety.check_size(sql_out)
             return Translation(sql_out, None, tmpl.schemas, [sql_out], tmpl.text, tmpl.fill_for(shape.literals))
     _translated[0] += 1
     tr, tmpl = translate_uncached(sql, db, precision, language, shape)
@@ -149,6 +149,8 @@ def translate_uncached(sql: str, db: str | None, precision: str | None, language
     tmpl = lifter.template(text, result.window, schemas, result.fill) if lifter is not None else None
     final = lifter.render(text) if lifter is not None else text
     safety.check(final)
+    if tmpl is not None:
+        safety.check(tmpl.text)       # its requests are checked per parameter only (Template.render)
     fill = None
     if result.fill is not None:
         name, interval, offset, value, terms = result.fill

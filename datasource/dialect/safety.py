@@ -88,10 +88,27 @@ def _code(sql: str) -> str:
     return code
 
 
-def check(sql: str) -> None:
-    """Refuse translated SQL that is not one SELECT over flowscope's tables and dictionaries."""
+# What ``tags.literal`` writes for a template's parameter: one number or one quoted string.
+_ONE_LITERAL = re.compile(r"-?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|inf|nan)|'(?:[^'\\]|\\.)*'")
+
+
+def check_size(sql: str) -> None:
     if len(sql) > MAX_TRANSLATED_BYTES // 4 and len(sql.encode()) > MAX_TRANSLATED_BYTES:
         raise _refused(f"it is {len(sql.encode())} bytes, the limit is {MAX_TRANSLATED_BYTES}")
+
+
+def check_literal(text: str) -> str:
+    """A template's parameter as rendered: it must be a single literal token, so the rendered SQL
+    reads as the template did (which ``check`` passed, its markers read as strings). This replaces
+    a whole ``check`` of every Grafana refresh (0.3–0.6 ms a request)."""
+    if _ONE_LITERAL.fullmatch(text) is None:
+        raise _refused(f"a parameter is not one literal: {text[:40]!r}")
+    return text
+
+
+def check(sql: str) -> None:
+    """Refuse translated SQL that is not one SELECT over flowscope's tables and dictionaries."""
+    check_size(sql)
     code = _code(sql)
     up = code.upper()                    # keywords and function names are case-insensitive
     stray = up.translate(_CODE_CHARS)

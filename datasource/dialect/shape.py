@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from datasource.dialect.safety import check_literal
 from datasource.dialect.tags import Param, literal
 from datasource.dialect.translate import _evaluate, _literal, fold_range, range_seconds
 
@@ -116,7 +117,8 @@ class Template:
         return (name, interval, offset, value, *_range(terms, literals))
 
     def render(self, literals: tuple[Literal, ...]) -> str:
-        values = [literal(_convert(literals[i], convert)) for i, convert in self.slots]
+        """The SQL for a request's literals; each value is checked to be one literal token."""
+        values = [check_literal(literal(_convert(literals[i], convert))) for i, convert in self.slots]
         return _SLOT.sub(lambda m: values[int(m[1])], self.text)
 
 
