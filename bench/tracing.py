@@ -11,7 +11,10 @@ Store (cached under bench/out/tracing-<rows>/, rebuilt when missing or with --re
 copies those rows until ``--rows``: copy k lands k × 24 h / copies later (~115 rows a second, as a
 busy small cluster), with its own _ids, trace/span ids, X-Request-IDs, TCP sequence numbers, client
 ports and flow ids, so every copy is a separate set of traces and the search has real neighbours to
-reject. The store's TTL is removed so the cache outlives the retention.
+reject. The store's TTL is removed so the cache outlives the retention. Its parts are then merged
+(OPTIMIZE … FINAL), the state a ClickHouse server's background merges leave rows in once they are
+older than a few minutes; the bulk INSERT … SELECT leaves several overlapping parts per hourly
+partition, which a real store does not keep.
 
 Measured, over ``--runs`` different copies: ``tracing.assemble`` from the cart request's client-side
 span (every query it makes, the tree, the stats) and the baseline query on the same client. Each
@@ -81,6 +84,7 @@ def build_store(root: Path, rows: int) -> None:
         writer.close()
         md.close()
         _multiply(client, rows)
+        _merge(client, root)
         print(f"  {time.monotonic() - t0:5.0f} s  {L7}: {client.command(f'SELECT count() FROM {L7}'):,} rows", flush=True)
     finally:
         client.close()
@@ -130,6 +134,16 @@ def _multiply(client, target: int) -> None:
         raise SystemExit(f"{bad} rows with an _id that does not encode their time")
 
 
+def _merge(client, root: Path) -> None:
+    """Merge each partition's parts, as background merges would (see the module docstring)."""
+    t0 = time.monotonic()
+    client.command(f"OPTIMIZE TABLE {L7} FINAL")
+    parts = client.command("SELECT count() FROM system.parts WHERE active AND database = 'flow_log' "
+                           "AND table = 'l7_flow_log'")
+    print(f"  merged: {parts} active parts ({time.monotonic() - t0:.0f} s)", flush=True)
+    (root / "merged").touch()
+
+
 def open_store(rows: int, rebuild: bool) -> Path:
     root = OUT / f"tracing-{rows}"
     done = root / "complete"
@@ -137,6 +151,14 @@ def open_store(rows: int, rebuild: bool) -> Path:
         build_store(root, rows)
     else:
         print(f"store: {root} (cached; --rebuild to regenerate)")
+        if not (root / "merged").exists():      # a cache made before stores were merged
+            from flowscope.storage import connect
+
+            client = connect(f"chdb://{root / 'chdb'}")
+            try:
+                _merge(client, root)
+            finally:
+                client.close()
     return root
 
 
