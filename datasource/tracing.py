@@ -591,7 +591,10 @@ class Search:
         if self.truncated or self.iterations >= cfg.max_iteration:
             return None
         new = self._pending()
-        if not new or len(self.found) >= cfg.max_spans:
+        if not new:
+            return None
+        if len(self.found) >= cfg.max_spans:      # links left to follow: the trace is cut short
+            self.truncated = True
             return None
         self.iterations += 1
         for k, vals in new.items():

@@ -477,9 +477,11 @@ def _extra_routes(cfg: config_mod.Config, engine, otlp_sink=None) -> list:
     """Endpoints beyond the querier's: Grafana alert notifications (kept across restarts), trace
     assembly (DeepFlow's L7FlowTracing, the Jaeger API under /jaeger) and OTLP/HTTP span ingest
     (``otlp_sink``: where spans are written; without one, /v1/traces answers 503)."""
+    from dataclasses import asdict
+
     from datasource import alerts, jaeger, otlp, tracing
 
-    deps = tracing.Deps(engine=engine, otlp=otlp_sink)
+    deps = tracing.Deps(engine=engine, config=tracing.TraceConfig(**asdict(cfg.datasource.tracing)), otlp=otlp_sink)
     return [*alerts.routes(alerts.AlertStore(cfg.datasource.alerts_path)),
             *tracing.routes(deps), *jaeger.routes(deps), *otlp.routes(deps)]
 

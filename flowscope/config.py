@@ -79,6 +79,17 @@ class WriterConfig:
 
 
 @dataclass
+class TracingSettings:
+    """Trace assembly bounds (datasource.tracing.TraceConfig; DeepFlow's defaults). A request to
+    L7FlowTracing may lower max_iteration for itself."""
+    max_iteration: int = 30                # search rounds per trace
+    max_spans: int = 1000                  # rows per trace
+    network_delay_us: int = 50_000         # the same request at two capture points: start times this close
+    host_clock_offset_us: int = 10_000     # added across agents (hosts with their own clocks)
+    window_s: int = 60                     # search this far around the rows found
+
+
+@dataclass
 class DatasourceConfig:
     listen: str = "127.0.0.1:20416"
     max_execution_time_s: int = 30
@@ -86,6 +97,7 @@ class DatasourceConfig:
     max_memory_mb: int = 2048
     token: str | None = None               # bearer token every request but /healthz must carry
     alerts_path: str = ".flowscope/alerts.jsonl"   # Grafana notifications received on /v1/alerts/webhook
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 @dataclass
@@ -156,6 +168,13 @@ class Config:
                                   f"got {v}")
         if e.max_events_per_s < 0 or e.max_sockets < 1 or e.max_pending < 1:
             raise ConfigError("ebpf: max_events_per_s >= 0 (0: no cap), max_sockets and max_pending >= 1")
+        t = self.datasource.tracing
+        for name in ("max_iteration", "max_spans", "window_s"):
+            if not isinstance(getattr(t, name), int) or getattr(t, name) < 1:
+                raise ConfigError(f"datasource.tracing.{name}: a positive integer, got {getattr(t, name)!r}")
+        for name in ("network_delay_us", "host_clock_offset_us"):
+            if not isinstance(getattr(t, name), int) or getattr(t, name) < 0:
+                raise ConfigError(f"datasource.tracing.{name}: an integer >= 0, got {getattr(t, name)!r}")
         if self.flow.max_flows < 1000:
             raise ConfigError(f"flow.max_flows: at least 1000, got {self.flow.max_flows}")
         return self

@@ -441,3 +441,23 @@ def test_routes_mount_in_the_datasource_app(lab, window):
     assert web.post("/v1/traces", content=b"", headers={**auth, "Content-Type": "application/x-protobuf"}).status_code == 503
     paths = web.get("/openapi.json", headers=auth).json()["paths"]
     assert {"/jaeger/api/traces", "/v1/stats/querier/L7FlowTracing", "/v1/traces"} <= set(paths)
+
+
+def test_tracing_bounds_come_from_the_config_file(lab, window, tmp_path):
+    """``datasource.tracing`` in flowscope's YAML sets the bounds `flowscope serve` / `up` assemble
+    with (the routes are built as the CLI builds them): five spans at most, reported as truncated."""
+    from flowscope import config
+    from flowscope.cli import _extra_routes
+
+    path = tmp_path / "flowscope.yaml"
+    path.write_text("datasource:\n  alerts_path: %s\n  tracing: {max_spans: 5, window_s: 30}\n" % (tmp_path / "a.jsonl"))
+    cfg = config.load(path)
+    web = TestClient(Starlette(routes=_extra_routes(cfg, lab.engine)))
+    body = {"_id": str(lab.entry(CART)), "DATABASE": "flow_log", "TABLE": "l7_flow_log",
+            "TIME_START": window["t0"] - 60, "TIME_END": window["t1"] + 60}
+    out = web.post("/v1/stats/querier/L7FlowTracing", json=body).json()
+    assert len(out["DATA"]["tracing"]) == 5
+    assert out["DATA"]["completeness"]["truncated"] is True, out["DATA"]["completeness"]
+    path.write_text("datasource:\n  tracing: {max_spans: 0}\n")
+    with pytest.raises(config.ConfigError, match="datasource.tracing.max_spans: a positive integer"):
+        config.load(path)
