@@ -6,21 +6,27 @@ A trace is assembled from one request (``_id``) or a ``trace_id`` in three steps
 1. **Search** (iterative, at most ``max_iteration`` rounds and ``max_spans`` rows). Each round asks
    ClickHouse once for the rows sharing a key with what was found so far — ``trace_id``,
    ``x_request_id_0/1``, ``req_tcp_seq`` / ``resp_tcp_seq``, ``syscall_trace_id_request/response``,
-   and the connection tuple of OTel spans (server address, port, client port) — within a time window
+   and the connection tuple (server address, port, client port) — within a time window
    around the rows found. A candidate joins only through a *link* to a row already found, checked
    by its rule: TCP sequence numbers within the network delay (+ the host clock offset across agents)
    and with the same protocol, method, endpoint and status; X-Request-ID with overlapping times;
-   syscall ids on the same agent; an OTel span and a packet span on the same connection, one
-   covering the other. Candidates that match a key but fail the rule are counted as rejected, with
-   the reason.
+   syscall ids on the same agent (two client process spans only inside a server process span: a
+   client thread's next request carries its last response's id too); an OTel span and a packet span
+   on the same connection, one covering the other; a system span (eBPF c-p / s-p) and a network or
+   system span of the same connection and the same exchange (*connection*: equal 4-tuple, protocol,
+   method, endpoint and status, the client side covering the server side within the network delay,
+   the closest pairs first). Candidates that match a key but fail the rule are counted as rejected,
+   with the reason.
 2. **Tree.** Network spans of the same request at several capture points (linked by TCP sequence
-   number) form a *hop*, ordered client side → server side (c-p, c, c-nd, …, s-nd, s, s-p) and
-   nested in that order. Hops and app spans are then joined by the strongest rule that applies:
-   an app CLIENT span owns the hop that carries its span id (traceparent) or its connection; a hop's
-   last span owns the app SERVER span whose parent span id it carries, whose X-Request-ID it saw, or
-   that ran on its connection; a hop owns the next hop behind a proxy (X-Request-ID injected or passed
-   through, or the same traceparent), the parent covering the child in time; app spans nest by parent
-   span id; a server process span (eBPF s-p) owns the c-p calls made with its syscall trace id.
+   number) and the system spans of its two processes (linked by connection) form a *hop*, ordered
+   client side → server side (c-p, c, c-nd, …, s-nd, s, s-p) and nested in that order. Hops and app
+   spans are then joined by the strongest rule that applies: an app CLIENT span owns the hop that
+   carries its span id (traceparent) or its connection; a hop's last span owns the app SERVER span
+   whose parent span id it carries, whose X-Request-ID it saw, or that ran on its connection; a hop
+   owns the next hop behind a proxy (X-Request-ID injected or passed through, or the same
+   traceparent), the parent covering the child in time; app spans nest by parent span id; a server
+   process span (eBPF s-p) owns the hops of the calls its thread made meanwhile (their c-p carries
+   its syscall trace id).
    A link that would close a cycle is refused and reported; so is a span two parents claim equally.
 3. **Stats.** Self time per span = its duration minus the union of its children's intervals (within
    its own), so concurrent children are not counted twice; each service's share is the sum of its
@@ -61,7 +67,8 @@ _SIDE_ORDER = {"c-p": 0, "c": 1, "c-nd": 2, "c-hv": 3, "c-gw-hv": 4, "c-gw": 5, 
 
 # DeepFlow's relation names for related_ids (l7_flow_tracing.py L7_FLOW_RELATIONSHIP_MAP)
 _RELATION = {"tcp_seq": "network", "x_request_id": "xrequestid", "syscall": "syscall", "trace_id": "app",
-             "span_id": "app", "tuple": "app", "parent_span_id": "app", "network": "network"}
+             "span_id": "app", "tuple": "app", "parent_span_id": "app", "network": "network", "connection": "network"}
+_SYSTEM_SIDES = ("c-p", "s-p")
 
 _IP = "if(is_ipv4, IPv4NumToString(ip4_{s}), IPv6NumToString(ip6_{s}))"
 
@@ -354,8 +361,9 @@ def tuple_match(app: dict, net: dict, tol: int) -> bool:
     return tuple_fit(app, net, tol) is not None
 
 
-def _same_request(a: dict, b: dict) -> str:
-    """'' when two spans with equal TCP sequence numbers can be the same request, else why not."""
+def _same_request(a: dict, b: dict, seqs: bool = True) -> str:
+    """'' when two spans with equal TCP sequence numbers can be the same request, else why not
+    (``seqs`` False: two spans of one connection, their sequence numbers not compared)."""
     if a["l7_protocol"] != b["l7_protocol"]:
         return "protocol differs"
     for k in ("request_type", "endpoint"):
@@ -365,10 +373,66 @@ def _same_request(a: dict, b: dict) -> str:
         return "response_code differs"
     if a["trace_id"] and b["trace_id"] and a["trace_id"] != b["trace_id"]:
         return "trace_id differs"
-    if a["type"] == 2 and b["type"] == 2 and all((a[k], b[k]) != (0, 0) for k in ("req_tcp_seq", "resp_tcp_seq")) \
+    if seqs and a["type"] == 2 and b["type"] == 2 and all((a[k], b[k]) != (0, 0) for k in ("req_tcp_seq", "resp_tcp_seq")) \
             and (a["req_tcp_seq"] != b["req_tcp_seq"] or a["resp_tcp_seq"] != b["resp_tcp_seq"]):
         return "one of the two sequence numbers differs"
     return ""
+
+
+def _seqs_comparable(a: dict, b: dict) -> bool:
+    """flowscope's eBPF rows carry the socket's stream offsets, not TCP sequence numbers (syscall
+    tracepoints cannot read the socket), so theirs only compare within one connection."""
+    return EBPF not in (a["signal_source"], b["signal_source"]) or _conn(a) == _conn(b)
+
+
+def _is_system(r: dict) -> bool:
+    return r["signal_source"] == EBPF and r["tap_side"] in _SYSTEM_SIDES
+
+
+def exchange_fit(system: dict, other: dict, tol: int) -> tuple[int, int] | None:
+    """How well a system span (eBPF c-p / s-p) and a network span, or the other process's system
+    span, of the same connection fit as one request/response exchange: (µs outside the cover, µs
+    between the starts), smaller is better; None when they cannot be one (another 4-tuple,
+    protocol, method, endpoint or status, or more than ``tol`` outside the cover). The client side
+    covers the server side: the client process writes before its packets leave and reads after the
+    answer came; the server process reads after the request arrived (however long it queued) and
+    answers before the response leaves."""
+    if other["signal_source"] == OTEL or other["tap_side"] == system["tap_side"] or not system["client_port"]:
+        return None
+    if any(system[k] != other[k] for k in ("client_port", "server_port", "ip_1", "ip_0")):
+        return None
+    if _SIDE_ORDER.get(system["tap_side"], 6) < _SIDE_ORDER.get(other["tap_side"], 6):
+        outer, inner = system, other
+    else:
+        outer, inner = other, system
+    excess = max(0, outer["start_time_us"] - inner["start_time_us"]) + max(0, inner["end_time_us"] - outer["end_time_us"])
+    if excess > tol or _same_request(system, other, seqs=False):
+        return None
+    return excess, abs(system["start_time_us"] - other["start_time_us"])
+
+
+def pair_exchanges(rows: Iterable[dict], tolerance) -> dict[int, set[int]]:
+    """Which spans of one connection are the same exchange: each system span pairs with at most one
+    span per capture point (agent, observation point), each span with at most one system span per
+    process side, best fits first (several requests on a kept-alive connection). ``tolerance(a, b)``:
+    the most µs outside the cover allowed. Returns _id → the _ids it pairs with."""
+    rows = list(rows)
+    fits = []
+    for s in rows:
+        if _is_system(s):
+            for o in rows:
+                if (f := exchange_fit(s, o, tolerance(s, o))) is not None:
+                    fits.append((f, s["_id"], o["_id"], (s["vtap_id"], s["tap_side"]), (o["vtap_id"], o["tap_side"])))
+    fits.sort()
+    taken: set[tuple] = set()
+    out: dict[int, set[int]] = defaultdict(set)
+    for _, s, o, s_side, o_side in fits:
+        if (s, o_side) in taken or (o, s_side) in taken or o in out[s]:
+            continue
+        taken |= {(s, o_side), (o, s_side)}
+        out[s].add(o)
+        out[o].add(s)
+    return out
 
 
 class Search:
@@ -391,6 +455,7 @@ class Search:
         self.conns: dict[tuple, dict[int, dict]] = defaultdict(dict)
         self.pairs: dict[tuple, dict[int, dict]] = defaultdict(dict)
         self.conn_spans: dict[tuple, list[tuple[int, int]]] = defaultdict(list)   # time spans asked per connection
+        self.exchanges: dict[tuple, tuple[int, dict]] = {}    # connection → (spans seen, pair_exchanges of them)
 
     # keys of a row, per rule
     def _keys(self, r: dict) -> dict[str, Iterable]:
@@ -667,7 +732,7 @@ class Search:
                 for f in idx[key].get(c[col], ()):
                     if f["signal_source"] == OTEL:
                         continue
-                    if abs(f[t] - c[t]) <= cfg.tolerance(f, c) and not _same_request(f, c):
+                    if abs(f[t] - c[t]) <= cfg.tolerance(f, c) and not _same_request(f, c) and _seqs_comparable(f, c):
                         return "tcp_seq", f["_id"]
         for x in _xrids(c):
             for f in idx["xrid"].get(x, ()):
@@ -675,13 +740,38 @@ class Search:
                     return "x_request_id", f["_id"]
         for s in _sysids(c):
             for f in idx["sys"].get(s, ()):
-                if f["vtap_id"] == c["vtap_id"] and not (f["tap_side"] == c["tap_side"] == "s-p"):
+                if f["vtap_id"] == c["vtap_id"] and (f["tap_side"] != c["tap_side"] or (
+                        c["tap_side"] == "c-p" and self._in_server_span(c))):
                     return "syscall", f["_id"]
         if "tuple" in cfg.sources:
             for p in self._partner(c):
                 if p in self.found:
                     return "tuple", p
+            for p in self._exchange(c):
+                if p in self.found:
+                    return "connection", p
         return None
+
+    def _in_server_span(self, c: dict) -> bool:
+        """Is a server process span found on ``c``'s agent around it? Two client process spans
+        sharing a syscall id are calls one thread made one after the other: the same request only
+        while that thread serves one (the next request of a plain client carries the id too). One
+        agent's process spans share a clock: no tolerance."""
+        return any(f["tap_side"] == "s-p" and f["vtap_id"] == c["vtap_id"] and _covers(f, c, 0)
+                   for f in self.found.values())
+
+    def _exchange(self, c: dict) -> set[int]:
+        """The spans of ``c``'s connection that are the same exchange as ``c`` (pair_exchanges over
+        every span of the connection the search saw, again only when it saw more)."""
+        conn = _conn(c)
+        if conn is None or c["signal_source"] == OTEL:
+            return set()
+        seen = self.conns[conn]
+        n, pairs = self.exchanges.get(conn, (-1, {}))
+        if n != len(seen):
+            pairs = pair_exchanges(seen.values(), self.cfg.tolerance) if any(map(_is_system, seen.values())) else {}
+            self.exchanges[conn] = (len(seen), pairs)
+        return pairs.get(c["_id"], set())
 
     def _reject(self, c: dict) -> None:
         """Why a row sharing a key with the trace did not join it (counted; a few kept as samples)."""
@@ -696,8 +786,10 @@ class Search:
             if x in self.index["xrid"]:
                 reason = "x_request_id: reused at another time"
         for s in _sysids(c):
-            if s in self.index["sys"]:
-                reason = "syscall: another agent or two server process spans"
+            for f in self.index["sys"].get(s, ()):
+                reason = ("syscall: another agent" if f["vtap_id"] != c["vtap_id"] else
+                          "syscall: two server process spans" if c["tap_side"] == "s-p" else
+                          "syscall: a client thread's calls outside any server span")
         self.rejected[reason] += 1
         if len(self.rejected_samples) < 20:
             self.rejected_samples.append({"_id": str(c["_id"]), "reason": reason})
@@ -784,7 +876,8 @@ class Tree:
         self._syscall()
         self._app_tree()
 
-    # hops: spans of the same request at several capture points (union of their tcp_seq links)
+    # hops: spans of the same request at several capture points (union of their tcp_seq links) and
+    # the system spans of its processes (union of their connection links)
     def _hops(self) -> None:
         spans = self.spans
         parent = list(range(len(spans)))
@@ -795,12 +888,15 @@ class Tree:
                 i = parent[i]
             return i
 
+        def union(a: int, b: int) -> None:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[ra] = rb
+
         by_id = {i: s.index for s in spans for i in s.ids}
         for s in spans:
             if s.found_by == "tcp_seq" and s.found_from in by_id:
-                a, b = find(s.index), find(by_id[s.found_from])
-                if a != b:
-                    parent[a] = b
+                union(s.index, by_id[s.found_from])
         # rows linked through another key (x_request_id, trace_id) may be the same request too
         seqs: dict[tuple, list[int]] = defaultdict(list)
         for s in spans:
@@ -809,10 +905,20 @@ class Tree:
         for group in seqs.values():
             for i in group[1:]:
                 a, b = spans[group[0]], spans[i]
-                if abs(a.start - b.start) <= self.tol(a, b) and not _same_request(a.row, b.row):
-                    ra, rb = find(a.index), find(i)
-                    if ra != rb:
-                        parent[ra] = rb
+                if abs(a.start - b.start) <= self.tol(a, b) and not _same_request(a.row, b.row) \
+                        and _seqs_comparable(a.row, b.row):
+                    union(a.index, i)
+        # a system span (eBPF c-p / s-p) and the network spans of its exchange on the same connection
+        conns: dict[tuple, list[Span]] = defaultdict(list)
+        for s in spans:
+            if not s.is_app and (conn := _conn(s.row)) is not None:
+                conns[conn].append(s)
+        by_row = {s.row["_id"]: s.index for s in spans}
+        for members in conns.values():
+            if any(_is_system(s.row) for s in members):
+                for a, peers in pair_exchanges([s.row for s in members], self.cfg.tolerance).items():
+                    for b in peers:
+                        union(by_row[a], by_row[b])
         groups: dict[int, list[int]] = defaultdict(list)
         for s in spans:
             if not s.is_app:

@@ -459,5 +459,5 @@ def test_tracing_bounds_come_from_the_config_file(lab, window, tmp_path):
     assert len(out["DATA"]["tracing"]) == 5
     assert out["DATA"]["completeness"]["truncated"] is True, out["DATA"]["completeness"]
     path.write_text("datasource:\n  tracing: {max_spans: 0}\n")
-    with pytest.raises(config.ConfigError, match="datasource.tracing.max_spans: a positive integer"):
+    with pytest.raises(config.ConfigError, match=r"datasource\.tracing\.max_spans: a positive integer"):
         config.load(path)
