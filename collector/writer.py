@@ -394,7 +394,8 @@ class Writer:
             try:
                 stop = any(i is None for i in items)
                 for table, batches in _by_table(i for i in items if i is not None):
-                    self._handle(table, batches[0] if len(batches) == 1 else _merge(batches))
+                    for batch in _merged(batches):
+                        self._handle(table, batch)
                 if stop:
                     return
             finally:
@@ -492,10 +493,21 @@ def _by_table(items) -> list[tuple[str, list]]:
     return list(groups.items())
 
 
-def _merge(batches: list) -> RowBatch | pa.Table:
-    """Several batches of one table as one (row batches with the same columns, or Arrow tables)."""
-    if all(isinstance(b, RowBatch) for b in batches) and len({b.columns for b in batches}) == 1:
-        return RowBatch(batches[0].columns, [r for b in batches for r in b.rows])
-    if all(isinstance(b, pa.Table) for b in batches):
-        return pa.concat_tables(batches, promote_options="default")
-    raise ValueError("cannot merge mixed batches")
+def _merged(batches: list) -> list[RowBatch | pa.Table]:
+    """Several batches of one table as few: row batches with the same columns as one, Arrow tables
+    as one. Sources with their own columns (packets and eBPF both write l7_flow_log) stay apart."""
+    if len(batches) == 1:
+        return batches
+    rows: dict[tuple[str, ...], list[RowBatch]] = {}
+    tables: list[pa.Table] = []
+    for b in batches:
+        if isinstance(b, RowBatch):
+            rows.setdefault(b.columns, []).append(b)
+        else:
+            tables.append(b)
+    out: list[RowBatch | pa.Table] = [
+        group[0] if len(group) == 1 else RowBatch(columns, [r for b in group for r in b.rows])
+        for columns, group in rows.items()]
+    if tables:
+        out.append(tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default"))
+    return out

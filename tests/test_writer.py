@@ -375,3 +375,31 @@ def test_queued_batches_of_a_table_are_written_in_one_insert(store, captured):
         w.close()
     assert proxy.inserted == [(L4, 2), (L4, 17)]
     assert _flow_ids(store) == sorted(r[0] for r in rows)
+
+
+def test_queued_batches_with_different_columns_are_written_apart(store, captured):
+    """Two sources of one table with their own columns (packets and the eBPF tracer both write
+    l7_flow_log) queued together: each group is inserted on its own, nothing is lost, and the
+    writer thread lives on (it used to die on "cannot merge mixed batches", hanging flush())."""
+    rows, registry, _ = captured
+    proxy = FlakyClient(store)
+    proxy.release.clear()
+    w = Writer(proxy, registry=registry, queue_batches=16)
+    b1, b2, b3 = _batches(rows, (2, 9, 8))
+    narrow = tuple(c for c in L4_COLUMNS if c != "l7_parse_failed")     # another source: one column fewer
+    at = L4_COLUMNS.index("l7_parse_failed")
+    b3 = RowBatch(narrow, [r[:at] + r[at + 1:] for r in b3.rows])
+    try:
+        w.put(L4, b1)
+        assert proxy.entered.wait(DEADLINE_S)
+        w.put(L4, b2)
+        w.put(L4, b3)
+        proxy.release.set()
+        w.flush()
+        w.put(L4, RowBatch(L4_COLUMNS, []))
+        w.flush()
+    finally:
+        proxy.release.set()
+        w.close()
+    assert proxy.inserted[:3] == [(L4, 2), (L4, 9), (L4, 8)]
+    assert _flow_ids(store) == sorted(r[0] for r in rows)
