@@ -438,12 +438,39 @@ class FlowTable:
         if w is None:
             w = f.l7w = [0] * 9
         # request, response, client_error, server_error, timeout, rrt_sum, rrt_count, rrt_max, parse_failed
+        id_mid = rb._id_mid
         for kind, req, resp, status in records:
             rb._row_seq += 1
-            row_id = (sec << 32) | rb._id_mid | (rb._row_seq & 0x3FFFFF)
+            row_id = (sec << 32) | id_mid | (rb._row_seq & 0x3FFFFF)
             if kind == SESSION and status is None and req is not resp:
-                self._l7_session(f, w, rows, flow_part + l7_session_record(req, resp, state.protocol, row_id,
-                                                                            f.l7_rev))
+                # A paired request and response, the common record: its counts go into the window
+                # (``w``, l4_flow_log) and this second's per-endpoint accumulators as
+                # ``RowBuilder.l7_counts`` would, without the tests for a missing half.
+                rec = l7_session_record(req, resp, state.protocol, row_id, f.l7_rev)
+                rows.append(flow_part + rec)
+                st = rec[16]            # response_status
+                rrt = rec[4]            # response_duration
+                acc = f.l7s
+                if acc is None:
+                    acc = f.l7s = {}
+                key = (rec[5], rec[14])     # l7_protocol, endpoint
+                cur = acc.get(key)
+                if cur is None:
+                    acc[key] = cur = [0, 0, 0, 0, 0, 0, 0, rrt]
+                for counts in (w, cur):
+                    counts[0] += 1
+                    counts[1] += 1
+                    counts[5] += rrt
+                    counts[6] += 1
+                    if rrt > counts[7]:
+                        counts[7] = rrt
+                    if st != OK:
+                        if st == CLIENT_ERROR:
+                            counts[2] += 1
+                        elif st == SERVER_ERROR:
+                            counts[3] += 1
+                        elif st == TIMEOUT:
+                            counts[4] += 1
                 continue
             rec = l7_record(kind, req, resp, status, state.protocol, row_id, f.l7_rev)
             rows.append(flow_part + rec)
@@ -471,41 +498,6 @@ class FlowTable:
         if not f.dirty:             # counts made at a timer (timeouts) go out with the next second
             f.dirty = True
             self._dirty.append(f)
-
-    @staticmethod
-    def _l7_session(f: Flow, w: list, rows: list, row: tuple) -> None:
-        """A paired request and response (the common record): its row, and its counts into the
-        window (``w``, l4_flow_log) and into this second's per-endpoint accumulators (what
-        ``RowBuilder.l7_counts`` does, without the general case's tests for a missing half)."""
-        rows.append(row)
-        st = row[35]                # response_status (L7_COLUMNS)
-        rrt = row[23]               # response_duration
-        acc = f.l7s
-        if acc is None:
-            acc = f.l7s = {}
-        key = (row[24], row[33])    # l7_protocol, endpoint
-        cur = acc.get(key)
-        if st == OK:
-            cerr = serr = tmo = 0
-        else:
-            cerr = 1 if st == CLIENT_ERROR else 0
-            serr = 1 if st == SERVER_ERROR else 0
-            tmo = 1 if st == TIMEOUT else 0
-        if cur is None:
-            acc[key] = [1, 1, cerr, serr, tmo, rrt, 1, rrt]
-            both: tuple = (w,)
-        else:
-            both = (w, cur)
-        for counts in both:
-            counts[0] += 1
-            counts[1] += 1
-            counts[2] += cerr
-            counts[3] += serr
-            counts[4] += tmo
-            counts[5] += rrt
-            counts[6] += 1
-            if rrt > counts[7]:
-                counts[7] = rrt
 
     def _l7_expire(self, f: Flow, now: int) -> None:
         state = f.l7

@@ -73,8 +73,9 @@ class L7Message:
         self.l7_protocol = 0              # set by the parser (gRPC on an HTTP/2 flow reports GRPC)
         self.biz_protocol = ""
         self.ends_flow = False            # e.g. a TLS handshake done: stop parsing, encrypted from here
-        for k, v in fields.items():
-            setattr(self, k, v)
+        if fields:
+            for k, v in fields.items():
+                setattr(self, k, v)
 
     def __repr__(self) -> str:
         set_fields = {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) not in (None, "", 0, False)}

@@ -34,10 +34,9 @@ def trace_context(headers: dict[str, str]) -> tuple[str, str, str]:
     Jaeger's uber-trace-id; header names lower-case. Empty strings when none is valid."""
     tp = headers.get("traceparent")
     if tp:
-        parts = tp.strip().split("-")
-        if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16 and _HEX.match(parts[1] + parts[2]) \
-                and parts[1] != "0" * 32:
-            return parts[1].lower(), parts[2].lower(), ""
+        ctx = w3c_context(tp)
+        if ctx is not None:
+            return ctx
     b3 = headers.get("b3")
     if b3 and b3 not in ("0", "1", "d"):
         parts = b3.strip().split("-")
@@ -54,6 +53,19 @@ def trace_context(headers: dict[str, str]) -> tuple[str, str, str]:
             parent = parts[2].lower()
             return parts[0].lower().zfill(16), parts[1].lower(), "" if parent == "0" else parent
     return "", "", ""
+
+
+def w3c_context(tp: str) -> tuple[str, str, str] | None:
+    """(trace_id, span_id, "") of a W3C traceparent value, None when it is not a valid one (the
+    first rule of ``trace_context``; a parser that has only this header asks it alone)."""
+    parts = tp.strip().split("-")
+    if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16 and _HEX.match(parts[1] + parts[2]) \
+            and parts[1] != _ZERO_TRACE:
+        return parts[1].lower(), parts[2].lower(), ""
+    return None
+
+
+_ZERO_TRACE = "0" * 32
 
 
 def clip(text: str, limit: int) -> str:

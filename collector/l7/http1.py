@@ -44,7 +44,7 @@ from collector.l7.base import (
     L7Message,
     Spec,
 )
-from collector.l7.common import clip, http_endpoint, trace_context, trace_names
+from collector.l7.common import clip, http_endpoint, trace_context, trace_names, w3c_context
 
 METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"))
 _METHOD_STR = {m: m.decode() for m in METHODS}
@@ -160,7 +160,8 @@ def _endpoint(target: str, depth: int, strip_ids: bool) -> str:
 _TARGETS_MAX = 8192          # request targets remembered
 _LINES_MAX = 4096            # header lines remembered (a message may add its own before the check)
 _LINE_KEEP = 256             # longest header line remembered (cookies and tokens rarely repeat)
-_UNSEEN = object()
+_IGNORED = ()                # a remembered header line whose field is not read here (falsy)
+_ONE_OF = frozenset(("content-length", "x-forwarded-for"))   # fields that must not simply overwrite
 
 
 class _Vocabulary:
@@ -175,7 +176,7 @@ class _Vocabulary:
             wanted[h.encode()] = h
         self.wanted = wanted                      # lower-case name → key
         self.trace = frozenset(trace)
-        self.lines: dict[bytes, tuple[str, bytes] | None] = {}   # see HttpParser._message
+        self.lines: dict[bytes, tuple] = {}   # see HttpParser._message
 
 
 _vocabularies: dict[tuple[str, ...], _Vocabulary] = {}
@@ -569,34 +570,35 @@ class HttpParser:
         emit the message, set the direction up for its body."""
         headers: dict[str, bytes] = {}
         clen: bytes | None = None
-        # What each header line says, (key, stripped value) of a field read here or None, is
+        # What each header line says, (key, stripped value) of a field read here or _IGNORED, is
         # remembered across messages and flows (see _Vocabulary).
         known = self._lines
         if len(known) >= _LINES_MAX:
             known.clear()
+        get = known.get
         for line in lines[1:]:
-            field = known.get(line, _UNSEEN)
-            if field is _UNSEEN:
+            field = get(line)
+            if field is None:
                 name, colon, value = line.partition(b":")
                 if not colon:
                     if line and line[0] in (32, 9):     # obs-fold: continues the previous field
                         continue
                     return GiveUp(f"http1: header line without ':': {bytes(line[:40])!r}")
                 key = self._wanted.get(name.lower())
-                field = None if key is None else (key, value.strip())
+                field = _IGNORED if key is None else (key, value.strip())
                 if len(line) <= _LINE_KEEP:
                     known[line] = field
-            if field is None:
+            if not field:
                 continue
             key, value = field
-            if key == "content-length":
+            if key not in _ONE_OF:
+                headers[key] = value
+            elif key == "content-length":
                 if clen is not None and clen != value:
                     return GiveUp("http1: conflicting Content-Length headers")
                 clen = value
-            elif key == "x-forwarded-for":
-                headers.setdefault(key, value)      # the first one names the original client
             else:
-                headers[key] = value
+                headers.setdefault(key, value)      # the first X-Forwarded-For names the original client
         first = lines[0]
         if side.is_req:
             return self._request(side, first, headers, clen, ts, seq, hdr_len, avail, cut, out)
@@ -779,9 +781,17 @@ class HttpParser:
         """Headers both requests and responses carry: X-Request-ID and the trace context."""
         v = headers.get("x-request-id")
         if v is not None:
-            msg.x_request_id = clip(_text(v), self._text_max)
-        if not self._trace.isdisjoint(headers):
-            ctx = {k: v.decode("latin-1") for k, v in headers.items() if k in self._trace}
+            t = v.decode("utf-8", "replace")
+            msg.x_request_id = t if len(t) <= self._text_max else clip(t, self._text_max)
+        trace = self._trace
+        if not trace.isdisjoint(headers):
+            tp = headers.get("traceparent")
+            if tp is not None:             # a valid traceparent decides alone (trace_context's first rule)
+                ctx = w3c_context(tp.decode("latin-1"))
+                if ctx is not None:
+                    msg.trace_id, msg.span_id, msg.parent_span_id = ctx
+                    return
+            ctx = {k: v.decode("latin-1") for k, v in headers.items() if k in trace}
             msg.trace_id, msg.span_id, msg.parent_span_id = trace_context(ctx)
 
     def _start_chunked(self, side: _Side, msg: L7Message, hdr_len: int, cut: int, out: list) -> None:
