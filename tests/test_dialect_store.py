@@ -1016,3 +1016,44 @@ def test_time_fill_null_per_series_and_none(engine, span):
     assert [r[0] for r in filled] == sorted(r[0] for r in filled)  # still in time order
     status, body = engine.query(sql.format(fill="'zero'"), "flow_log")
     assert status == 500 and "fill must be 0, null or none" in body["DESCRIPTION"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# WITH q1 AS (…), q2 AS (…) SELECT … FROM q1 LEFT JOIN q2 ON …: DeepFlow's multi-query joins
+
+
+def test_with_joins_two_dialect_queries(engine):
+    """Requests per server pod (application_map) next to bytes per server pod (network_map): each
+    named query is a dialect SELECT; the join matches what ClickHouse computes from the tables."""
+    cols, rows = dialect(engine, (
+        "WITH req AS (SELECT pod_1, Sum(request) AS requests FROM application_map WHERE pod_id_1 != 0 "
+        "GROUP BY pod_1 LIMIT 100), net AS (SELECT pod_1, Sum(byte) AS bytes FROM network_map "
+        "WHERE pod_id_1 != 0 GROUP BY pod_1 LIMIT 100) "
+        "SELECT req.pod_1 AS pod, requests, bytes, bytes / requests AS bytes_per_request FROM req "
+        "LEFT JOIN net ON req.pod_1 = net.pod_1 WHERE requests > 0 ORDER BY requests DESC, pod LIMIT 50"),
+        "flow_metrics", "1m")
+    assert cols == ["pod", "requests", "bytes", "bytes_per_request"]
+    app = dict(raw(engine, f"SELECT dictGet('flow_tag.pod_map', 'name', toUInt64(pod_id_1)) AS p, sum(request) "
+                           f"FROM {_m('application_map')} WHERE pod_id_1 != 0 GROUP BY p"))
+    net = dict(raw(engine, f"SELECT dictGet('flow_tag.pod_map', 'name', toUInt64(pod_id_1)) AS p, "
+                           f"sum(byte_tx + byte_rx) FROM {_m('network_map')} WHERE pod_id_1 != 0 GROUP BY p"))
+    want = sorted(((p, n, net.get(p, 0)) for p, n in app.items() if n > 0), key=lambda r: (-r[1], r[0]))
+    assert [tuple(r[:3]) for r in rows] == want and len(want) >= 3
+    assert all(same(r[3], r[2] / r[1]) for r in rows)
+
+
+@pytest.mark.parametrize(("sql", "needle"), [
+    ("WITH a AS (SELECT pod_1 FROM network_map LIMIT 1) SELECT pod_1 FROM b", "not a query of the WITH"),
+    ("WITH a AS (SELECT pod_1 FROM network_map LIMIT 1), b AS (SELECT pod_1 FROM network_map LIMIT 1) "
+     "SELECT pod_1 FROM a JOIN b ON a.pod_1 = b.pod_1", "ambiguous column"),
+    ("WITH a AS (SELECT pod_1 FROM network_map LIMIT 1) SELECT lower(pod_1) AS f FROM a", "not support sql"),
+    ("WITH a AS (SELECT name FROM system.tables LIMIT 1) SELECT name FROM a", "system"),
+    ("WITH a AS (SELECT pod_1 FROM network_map LIMIT 1) SELECT pod_1 FROM a WHERE pod_1 IN (SELECT 1)",
+     "IN takes a list of literals"),
+    ("WITH a AS (SELECT pod_1 FROM network_map LIMIT 1) SELECT * FROM a", "name the columns"),
+    ("WITH a AS (SELECT pod_1 FROM network_map LIMIT 1) SELECT x FROM a", "unknown column x"),
+])
+def test_with_refuses_what_it_cannot_check(engine, sql, needle):
+    status, body = engine.query(sql, "flow_metrics", "1m", debug=True)
+    assert status in (400, 500) and needle in body["DESCRIPTION"], body["DESCRIPTION"]
+    assert not body["debug"] or not body["debug"]["query_sqls"]          # nothing ran

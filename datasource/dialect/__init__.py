@@ -10,6 +10,7 @@ Modules, one concept each:
 * ``translate`` — a SELECT → one ClickHouse SELECT;
 * ``show``      — the SHOW statements, mostly answered from the catalogue;
 * ``shape``     — templates of SELECTs whose time (and other copied) literals vary;
+* ``join``      — ``WITH q1 AS (SELECT …), q2 AS (…) SELECT … FROM q1 LEFT JOIN q2 ON …``;
 * ``fill``      — ``time(…, fill)``: the missing buckets, added to the rows after the query;
 * ``safety``    — the final check every generated query passes before it may run.
 
@@ -28,6 +29,7 @@ from sqlglot import exp
 
 from datasource.dialect import safety
 from datasource.dialect.errors import DialectError
+from datasource.dialect.join import translate_with
 from datasource.dialect.parse import DeepFlowShow, parse
 from datasource.dialect.shape import Lifter, Shape, Template, lex
 from datasource.dialect.show import answer
@@ -139,6 +141,11 @@ def translate_uncached(sql: str, db: str | None, precision: str | None, language
     if not isinstance(tree, exp.Select):
         kind = tree.this if isinstance(tree, exp.Command) else tree.key
         raise DialectError(f"only SELECT and SHOW are allowed, got {str(kind).upper()}", status=400)
+    if tree.args.get("with_"):           # multi-query join: the exact-text cache only
+        joined = translate_with(tree, db, precision, language)
+        schemas = [{"unit": c.unit, "type": c.type, "value_type": "", "pre_as": c.pre_as, "label_type": ""}
+                   for c in joined.columns]
+        return Translation(joined.sql, None, schemas, [joined.sql], joined.sql), None
     lifter = Lifter(tree, shape) if shape is not None and shape.literals else None
     result = translate_select(tree, db, precision, language, lifter)
     text = result.sql

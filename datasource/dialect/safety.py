@@ -106,6 +106,31 @@ def check_literal(text: str) -> str:
     return text
 
 
+# The words of a WITH statement's outer query (join.py writes it; names are quoted, values literals).
+_JOIN_WORDS = frozenset({"SELECT", "FROM", "AS", "INNER", "LEFT", "RIGHT", "FULL", "JOIN", "ON", "WHERE", "AND",
+                         "OR", "NOT", "IN", "IS", "NULL", "ORDER", "BY", "ASC", "DESC", "LIMIT", "OFFSET", "INF",
+                         "NAN"})
+_WORD = re.compile(r"(?<![\w.])[A-Z_][A-Z0-9_]*")
+
+
+def check_join(sql: str, parts: list[str]) -> None:
+    """A WITH statement as join.py assembles it: ``parts`` (each passed ``check``) as subqueries,
+    joined by an outer query of quoted names, literals, operators and the words of a join only."""
+    check_size(sql)
+    skeleton = sql
+    for part in parts:
+        if f"({part})" not in skeleton:
+            raise _refused("a joined query is missing")
+        skeleton = skeleton.replace(f"({part})", "(\x000\x00)", 1)
+    up = _code(skeleton).upper()
+    stray = up.translate(_CODE_CHARS)
+    if stray or "--" in up or "/*" in up:
+        raise _refused(f"unexpected text in the join: {stray[:12] or '--'!r}")
+    unknown = set(_WORD.findall(up)) - _JOIN_WORDS
+    if unknown:
+        raise _refused(f"unexpected words in the join: {', '.join(sorted(unknown))}")
+
+
 def check(sql: str) -> None:
     """Refuse translated SQL that is not one SELECT over flowscope's tables and dictionaries."""
     check_size(sql)
