@@ -62,7 +62,7 @@ def requests() -> list[tuple[str, dict, dict]]:
                 variables[v["name"]] = VariableState(v["name"], values=[""])
         for p in dash["panels"]:
             for t in p.get("targets", []):
-                if t["datasource"]["type"] == infinity.INFINITY_TYPE:
+                if t["datasource"]["type"] == infinity.INFINITY_TYPE and t["url"] == infinity.QUERY_URL:
                     out.append((f"{d.uid}/{p['title']}/{t['refId']}", t, variables))
     return out
 

@@ -97,6 +97,26 @@ def model(ref_id: str, db: str, sql: str, columns: tuple[Column, ...], *, precis
     }
 
 
+TRACING_URL = "/v1/stats/querier/L7FlowTracing"
+JSON_CONTENT_TYPE = "application/json"
+
+
+def tracing_model(ref_id: str, trace_id: str, columns: tuple[Column, ...]) -> dict[str, Any]:
+    """DeepFlow's L7FlowTracing as an Infinity query: the JSON body deepflow-app takes (the trace id
+    a JSON string through Grafana's ``json`` format, the range from Infinity's backend macros), the
+    spans read from ``DATA.tracing`` (one root selector for the gjson and JSONata parsers)."""
+    body = ('{"DATABASE": "flow_log", "TABLE": "l7_flow_log", "MAX_ITERATION": 30, '
+            f'"trace_id": {trace_id}, "TIME_START": ${{__timeFrom:date:seconds}}, '
+            '"TIME_END": ${__timeTo:date:seconds}}')
+    return {
+        "refId": ref_id, "datasource": datasource_ref(), "type": "json", "source": "url", "parser": PARSER,
+        "format": "table", "root_selector": "DATA.tracing", "url": TRACING_URL,
+        "url_options": {"method": "POST", "body_type": "raw", "body_content_type": JSON_CONTENT_TYPE,
+                        "data": body, "params": [], "headers": []},
+        "columns": [c.to_json() for c in columns], "filters": [],
+    }
+
+
 def variable_query(db: str, sql: str, *, value: str = "display_name", text: str = "display_name") -> dict[str, Any]:
     """An Infinity variable query: DeepFlow's ``value`` / ``display_name`` rows become Grafana's
     ``__value`` / ``__text`` (Infinity ≥1.4 reads those field names)."""

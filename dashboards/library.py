@@ -362,6 +362,16 @@ def _tracing() -> Dashboard:
                 precision=None, height=10, links=(_TRACE_LINK,), units=(("latency_us", "µs"),)),)),
             Row("Trace", (Panel("traces", "Trace ${trace_id}", width=24, height=14, trace_id="${trace_id}",
                                 description="Grafana's Jaeger datasource on flowscope's /jaeger API"),)),
+            Row("DeepFlow trace", (Panel(
+                "deepflow-trace", "Spans of ${trace_id} (DeepFlow L7FlowTracing)", width=24, height=12,
+                trace_id="${trace_id:json}",
+                fields=n("id", "parent_id", "start_time_us") + s(
+                    "tap_side", "auto_instance", "auto_service", "app_service", "l7_protocol_str", "request_type",
+                    "endpoint") + n("response_code", "duration", "selftime"),
+                units=(("duration", "µs"), ("selftime", "µs")),
+                description="The same trace from DeepFlow's tracing API (POST /v1/stats/querier/L7FlowTracing, "
+                            "what DeepFlow's own tracing panels call): every span with its parent, capture "
+                            "point and self time."),)),
         ))
 
 

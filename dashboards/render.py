@@ -47,6 +47,9 @@ def panel(p: spec.Panel, panel_id: int):
     if p.kind == "traces":     # the SDK has no traces builder: a generic panel of that type
         b = (db.Panel().type("traces").datasource(_datasource("jaeger"))
              .with_target(infinity.jaeger_target("A", p.trace_id)))
+    elif p.kind == "deepflow-trace":     # DeepFlow's L7FlowTracing spans as a table
+        b = (table.Panel().datasource(_datasource("infinity"))
+             .with_target(infinity.Query(infinity.tracing_model("A", p.trace_id, p.fields))))
     else:
         b = PANEL_BUILDERS[p.kind]().datasource(_datasource("infinity"))
         for t in p.targets:

@@ -85,7 +85,8 @@ class Link:
 
 @dataclass(frozen=True)
 class Panel:
-    kind: str                      # timeseries | table | stat | nodegraph | histogram | bargauge | traces
+    kind: str                      # timeseries | table | stat | nodegraph | histogram | bargauge | traces |
+                                   # deepflow-trace
     title: str
     targets: tuple[Target, ...] = ()
     width: int = 12
@@ -94,7 +95,8 @@ class Panel:
     description: str = ""
     links: tuple[Link, ...] = ()
     units: tuple[tuple[str, str], ...] = ()     # per-column units (table)
-    trace_id: str = ""             # traces panels: the Jaeger query
+    trace_id: str = ""             # traces panels: the Jaeger query; deepflow-trace: the JSON trace id
+    fields: tuple[Column, ...] = ()   # deepflow-trace: the span fields shown
 
     @property
     def expects(self) -> str:

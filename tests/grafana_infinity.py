@@ -19,6 +19,7 @@ Only the features flowscope's generated dashboards use are implemented; anything
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,8 @@ def _format(values: list[str], fmt: str) -> str:
         return ",".join('"' + v.replace('"', '\\"') + '"' for v in values)
     if fmt == "sqlstring":
         return ",".join("'" + v.replace("'", "''") + "'" for v in values)
+    if fmt == "json":
+        return json.dumps(values[0] if len(values) == 1 else values)
     if fmt in ("csv", "raw"):
         return ",".join(values)
     if fmt == "pipe":
@@ -143,8 +146,11 @@ class Infinity:
         if resp.status_code != 200:
             raise AssertionError(f"{model['refId']}: HTTP {resp.status_code}: {resp.text[:600]}\nbody: {body[:1500]}")
         records = resp.json()
+        root = model.get("root_selector", "")
+        assert re.fullmatch(r"(\w+(\.\w+)*)?", root), f"only dotted-path root selectors are emulated: {root!r}"
+        for key in filter(None, root.split(".")):       # gjson / JSONata paths: DATA.tracing
+            records = records[key]
         assert isinstance(records, list), f"not a records array: {str(records)[:300]}"
-        assert model.get("root_selector", "") == "", "only the whole-array root selector is emulated"
         rows = [{c["text"]: _convert(r.get(c["selector"]), c["type"]) for c in model["columns"]} for r in records]
         return Frame(model["refId"], model["columns"], rows, records, body)
 

@@ -29,8 +29,9 @@ K8S_VARIABLES = ("cluster", "namespace", "workload")
 
 
 def _targets(dash: dict) -> list[tuple[dict, dict]]:
+    """The Infinity targets of DeepFlow SQL (the L7FlowTracing one has its own test)."""
     return [(p, t) for p in dash["panels"] for t in p.get("targets", [])
-            if t["datasource"]["type"] == infinity.INFINITY_TYPE]
+            if t["datasource"]["type"] == infinity.INFINITY_TYPE and t["url"] == infinity.QUERY_URL]
 
 
 PANEL_TARGETS = [pytest.param(uid, p["id"], t["refId"], id=f"{uid}/{p['title']}/{t['refId']}")
@@ -339,3 +340,29 @@ def test_trace_view_target_opens_the_trace_of_a_listed_request(ds):
     # whose parent is an application's own span start sub-trees of their own)
     children = [s for s in spans if s["references"]]
     assert children and len(children) < len(spans)
+
+
+def test_deepflow_trace_panel_posts_l7flowtracing_for_the_listed_trace(ds):
+    """The tracing dashboard's second trace view: Infinity posts deepflow-app's L7FlowTracing JSON
+    (the trace id through Grafana's ``json`` format, the range through Infinity's backend macros)
+    and reads the spans at ``DATA.tracing``: the same trace the Jaeger panel shows, parent before
+    child."""
+    dash = DASHBOARDS[library.TRACING_UID]
+    client = gi.Infinity(ds.http)
+    listed = next(t for p, t in _targets(dash) if p["title"] == "Request list")
+    traced = [r["trace_id"] for r in client.query(listed, _all_selected(dash), gi.RANGE_START, gi.RANGE_END).rows
+              if r["trace_id"]]
+    trace_id = max(set(traced), key=traced.count)
+    state = _all_selected(dash) | {"trace_id": gi.VariableState("trace_id", values=[trace_id])}
+    (panel,) = [p for p in dash["panels"] if p.get("targets") and p["targets"][0].get("url") == infinity.TRACING_URL]
+    (target,) = panel["targets"]
+    assert target["url_options"]["body_content_type"] == "application/json" and target["root_selector"] == "DATA.tracing"
+    frame = client.query(target, state, gi.RANGE_START, gi.RANGE_END)
+    assert frame.rows and not frame.missing_columns()
+    jaeger = ds.http.get(f"/jaeger/api/traces/{trace_id}").json()["data"][0]["spans"]
+    assert len(frame.rows) == len(jaeger)
+    seen = set()
+    for r in frame.rows:
+        assert r["parent_id"] == -1 or r["parent_id"] in seen
+        assert r["tap_side"] and r["duration"] >= r["selftime"] >= 0
+        seen.add(r["id"])
