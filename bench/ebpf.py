@@ -1,10 +1,19 @@
 """eBPF socket tracer cost: a local HTTP/1 keep-alive load generator against a Python HTTP server,
-with the tracer off, then on, in the same run.
+with the tracer off, on, and loaded with a consumer that only drains the buffer, in the same run
+(``--rounds`` rounds, medians).
 
-Figures: requests traced per second of tracer CPU (one core), the tracer's CPU per 1k requests,
-and the added client latency with the tracer on. Root + bcc only (python3-bpfcc).
+Figures:
+- requests traced per second of tracer CPU (one core) and the tracer's CPU per 1k requests, in
+  steady state (the collector is warmed up first: imports, caches);
+- the added client latency with the tracer on, and with only the kernel side on (the consumer
+  drains and drops the records: the programs' cost on the traced syscalls, without userspace
+  competing for the cores); the load's CPU (client + server, the programs run in their syscalls);
+- the same off/on pair with the load pinned to CPU 0 and the tracer to CPU 1 (machines with 2+
+  CPUs): the added latency when the tracer does not compete with the load for a core.
 
-    .venv/bin/python bench/ebpf.py [--requests 4000]
+Root + bcc only (python3-bpfcc).
+
+    .venv/bin/python bench/ebpf.py [--requests 4000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -13,14 +22,17 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector.ebpf import EbpfCollector
+from collector.ebpf.tracer import EbpfUnavailable, Tracer
 
 SERVER = r'''
 import ctypes, sys
@@ -56,25 +68,33 @@ for i in range(n):
 print(time.perf_counter() - t0, flush=True)
 '''
 
-
-def cpu_of(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        parts = fh.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+LOAD_CPU, TRACER_CPU = 0, 1          # the pinned figures: the load on CPU 0, the tracer on CPU 1
 
 
-def run(prefix: str, n: int) -> tuple[float, float]:
-    """(client wall seconds, server CPU seconds) for n keep-alive requests."""
-    srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True)
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run(prefix: str, n: int, pin: bool = False) -> tuple[float, float]:
+    """(client wall seconds, client + server CPU seconds) for n keep-alive requests."""
+    pre = (lambda: os.sched_setaffinity(0, {LOAD_CPU})) if pin else None
+    cpu0 = children_cpu()
+    srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True,
+                           preexec_fn=pre)
     try:
         port = srv.stdout.readline().strip()
-        cpu0 = cpu_of(srv.pid)
         out = subprocess.run([sys.executable, "-c", CLIENT, f"{prefix}-cli", port, str(n)], capture_output=True,
-                             text=True, check=True)
-        return float(out.stdout), cpu_of(srv.pid) - cpu0
+                             text=True, check=True, preexec_fn=pre)
     finally:
         srv.kill()
         srv.wait()
+    return float(out.stdout), children_cpu() - cpu0
 
 
 class Null:
@@ -85,46 +105,132 @@ class Null:
             self.rows += len(batch.rows)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=4000)
-    a = ap.parse_args()
-    n = a.requests
-    prefix = f"fsB{os.getpid() % 10000}"
-    run(prefix, 200)                                   # warm up
-    off_wall, off_srv = run(prefix, n)
-    print(f"tracer off: {n} requests in {off_wall:.2f} s ({n / off_wall:,.0f} req/s), "
-          f"server CPU {off_srv * 1000 / n * 1000:.0f} ms/1k")
+def traced(prefix: str, n: int, pin: bool = False) -> dict:
+    """One run with the whole collector on: wall, load CPU, tracer CPU, rows, events, losses."""
     sink = Null()
     col = EbpfCollector(sink, comm=prefix, flush_interval_s=0.5)
     if not col.start():
-        print(f"eBPF unavailable: {col.error}")
-        print(json.dumps({"bench": "ebpf", "figure": 0, "unit": "req/s per core", "error": col.error}))
+        raise EbpfUnavailable(col.error)
+    try:
+        cpu0 = self_cpu()
+        wall, load = run(prefix, n, pin)
+        deadline = time.monotonic() + 30
+        while sink.rows + len(col.sessions.rows) < 2 * n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cpu = self_cpu() - cpu0
+        snap = col.snapshot()
+    finally:
+        col.stop()
+    lost = snap.get("events lost (perf buffer full)", 0) + snap.get("kernel submit failed", 0)
+    print(f"  spilled to the perf buffer: {snap.get('events spilled (ring refused)', 0)}", file=sys.stderr) \
+        if snap.get("events spilled (ring refused)") else None
+    return {"wall": wall, "load": load, "cpu": cpu, "rows": sink.rows, "events": snap.get("events", 0),
+            "lost": lost, "shed": snap.get("events shed (over budget)", 0),
+            "gave_up": sum(v for k, v in snap.items() if k.startswith("gave up"))}
+
+
+def kernel_only(prefix: str, n: int) -> dict:
+    """One run with the programs attached and a consumer that drains the ring and drops every
+    record: the kernel side's cost on the traced syscalls."""
+    tracer = Tracer(lambda e: None, comm=prefix)
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            tracer.poll(100)
+
+    th = threading.Thread(target=drain, daemon=True)
+    th.start()
+    try:
+        cpu0 = self_cpu()
+        wall, load = run(prefix, n)
+        cpu = self_cpu() - cpu0
+    finally:
+        stop.set()
+        th.join()
+        tracer.close()
+    return {"wall": wall, "load": load, "cpu": cpu}
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def pct(on: float, off: float) -> float:
+    return (on - off) / off * 100
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    n, rounds = a.requests, a.rounds
+    prefix = f"fsB{os.getpid() % 10000}"
+    run(prefix, 200)                                   # warm up the load
+    try:
+        traced(prefix, 500)                            # warm up the collector (imports, caches)
+    except EbpfUnavailable as e:
+        print(f"eBPF unavailable: {e}")
+        print(json.dumps({"bench": "ebpf", "figure": 0, "unit": "req/s per core", "error": str(e)}))
         return
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    on_wall, on_srv = run(prefix, n)
-    deadline = time.monotonic() + 30
-    while sink.rows + len(col.sessions.rows) < 2 * n and time.monotonic() < deadline:
-        time.sleep(0.05)
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    snap = col.snapshot()
-    col.stop()
-    tracer_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    rows = sink.rows
-    events = snap.get("events", 0)
-    print(f"tracer on:  {n} requests in {on_wall:.2f} s ({n / on_wall:,.0f} req/s), "
-          f"server CPU {on_srv * 1000 / n * 1000:.0f} ms/1k")
-    print(f"tracer: {events} events, {rows} rows (both sides), CPU {tracer_cpu:.2f} s = "
-          f"{tracer_cpu * 1000 / n * 1000:.0f} ms per 1k requests; lost {snap.get('events lost (perf buffer full)', 0)}")
-    added = (on_wall - off_wall) / off_wall * 100
-    print(f"added client latency: {added:+.1f}%")
-    per_core = rows / 2 / tracer_cpu if tracer_cpu else 0
+    offs, ons, kerns, pinned_offs, pinned_ons = [], [], [], [], []
+    pin = (os.cpu_count() or 1) >= 2
+    for _ in range(rounds):
+        wall, load = run(prefix, n)
+        offs.append({"wall": wall, "load": load})
+        ons.append(traced(prefix, n))
+        kerns.append(kernel_only(prefix, n))
+        if pin:
+            mask = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {TRACER_CPU})
+            try:
+                wall, load = run(prefix, n, pin=True)
+                pinned_offs.append({"wall": wall, "load": load})
+                pinned_ons.append(traced(prefix, n, pin=True))
+            finally:
+                os.sched_setaffinity(0, mask)
+
+    def m(runs: list[dict], key: str) -> float:
+        return med([r[key] for r in runs])
+
+    def us_per_req(runs: list[dict], key: str) -> float:
+        return m(runs, key) * 1e6 / n
+
+    added = med([pct(on["wall"], off["wall"]) for on, off in zip(ons, offs, strict=True)])
+    added_kernel = med([pct(k["wall"], off["wall"]) for k, off in zip(kerns, offs, strict=True)])
+    per_core = med([r["rows"] / 2 / r["cpu"] for r in ons if r["cpu"]])
+    events_per_s = med([r["events"] / r["cpu"] for r in ons if r["cpu"]])
+    lost, shed, rows = sum(r["lost"] for r in ons), sum(r["shed"] for r in ons), [r["rows"] for r in ons]
+    gave_up = sum(r["gave_up"] for r in ons)
+    print(f"{rounds} rounds of {n} requests, medians")
+    print(f"tracer off:  {n / m(offs, 'wall'):,.0f} req/s, load CPU (client + server) "
+          f"{us_per_req(offs, 'load'):.0f} µs/request")
+    print(f"tracer on:   {n / m(ons, 'wall'):,.0f} req/s, load CPU {us_per_req(ons, 'load'):.0f} µs/request; "
+          f"added latency {added:+.1f}%")
+    print(f"kernel only: {n / m(kerns, 'wall'):,.0f} req/s, load CPU {us_per_req(kerns, 'load'):.0f} µs/request; "
+          f"added latency {added_kernel:+.1f}% (consumer drains and drops: {us_per_req(kerns, 'cpu'):.0f} µs/request)")
+    print(f"tracer: {us_per_req(ons, 'cpu'):.0f} µs CPU per request = {per_core:,.0f} requests/s per core, "
+          f"{events_per_s:,.0f} events/s; rows {rows} (both sides), lost {lost}, shed {shed}, "
+          f"sockets given up {gave_up}")
+    extra = {}
+    if pinned_ons:
+        added_pinned = med([pct(on["wall"], off["wall"]) for on, off in zip(pinned_ons, pinned_offs, strict=True)])
+        per_core_pinned = med([r["rows"] / 2 / r["cpu"] for r in pinned_ons if r["cpu"]])
+        print(f"pinned (load on CPU {LOAD_CPU}, tracer on CPU {TRACER_CPU}): off {n / m(pinned_offs, 'wall'):,.0f} "
+              f"req/s, on {n / m(pinned_ons, 'wall'):,.0f} req/s; added latency {added_pinned:+.1f}%, "
+              f"{per_core_pinned:,.0f} requests/s per tracer core")
+        extra = {"pinned_added_latency_pct": round(added_pinned, 1), "pinned_figure": round(per_core_pinned)}
     print(json.dumps({"bench": "ebpf", "figure": round(per_core), "unit": "req/s per core traced (both sides)",
-                      "baseline": "tracer off", "baseline_figure": round(n / off_wall),
-                      "ratio": round(on_wall / off_wall, 3), "added_latency_pct": round(added, 1),
-                      "tracer_cpu_ms_per_1k": round(tracer_cpu * 1e6 / n), "events_per_s_cpu":
-                      round(events / tracer_cpu) if tracer_cpu else 0, "rows": rows,
-                      "input": f"{n} HTTP/1 keep-alive requests, python http.server on loopback"}))
+                      "baseline": "tracer off", "baseline_figure": round(n / m(offs, "wall")),
+                      "ratio": round(m(ons, "wall") / m(offs, "wall"), 3), "added_latency_pct": round(added, 1),
+                      "kernel_only_added_latency_pct": round(added_kernel, 1),
+                      "load_cpu_us_per_req": {"off": round(us_per_req(offs, "load")),
+                                              "on": round(us_per_req(ons, "load")),
+                                              "kernel_only": round(us_per_req(kerns, "load"))},
+                      "tracer_cpu_ms_per_1k": round(us_per_req(ons, "cpu")), "events_per_s_cpu": round(events_per_s),
+                      "rows": min(rows), "lost": lost, "shed": shed, "gave_up": gave_up, **extra,
+                      "input": f"{rounds}x{n} HTTP/1 keep-alive requests, python http.server on loopback"}))
 
 
 if __name__ == "__main__":

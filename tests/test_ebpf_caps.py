@@ -24,10 +24,8 @@ RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
 
 def _ev(fd: int, d: int, data: bytes, ts: int) -> Event:
-    e = Event()
-    e.ts, e.tgid, e.tid, e.fd, e.dir, e.tls, e.comm = ts, PID, PID, fd, d, 0, "t"
-    e.data, e.len, e.cap = data, len(data), len(data)
-    return e
+    return Event(ts=ts, tgid=PID, tid=PID, fd=fd, dir=d, tls=0, len=len(data), cap=len(data), rawcomm=b"t",
+                 data=data)
 
 
 def _connect(s: EbpfSessions, fd: int, ts: int) -> None:

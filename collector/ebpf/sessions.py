@@ -17,7 +17,7 @@ import time
 from collections import Counter, deque
 from operator import itemgetter
 
-from collector.ebpf.tracer import ACCEPT, CLOSE, CONNECT, EGRESS, ProcNet, SockInfo, fd_inode, parse_sockaddr
+from collector.ebpf.tracer import CLOSE, CONNECT, EGRESS, INGRESS, ProcNet, SockInfo, fd_inode, parse_sockaddr
 from collector.flow.report import FS_KEY, L7_COLUMNS, L7_FLOW, L7_RECORD, l7_record
 from collector.l7.base import CLIENT_ERROR, MASK32, REQUEST, RESPONSE, SERVER_ERROR, TIMEOUT, GiveUp
 from collector.l7.registry import MAX_ATTEMPTS, Detector
@@ -83,55 +83,38 @@ class EbpfSessions:
 
     # -- events ---------------------------------------------------------------------------------
     def handle(self, e) -> None:
-        key = (e.tgid, e.fd)
-        if e.dir == CLOSE:
-            st = self.socks.pop(key, None)
-            if st is not None:
-                self._close(st, e.ts)
+        ts, tgid, tid, fd, d, tls, length, _cap, _comm, data = e
+        if d > INGRESS:
+            self._control(e)
             return
-        if e.dir >= ACCEPT:
-            old = self.socks.pop(key, None)
-            if old is not None:
-                if e.dir == CONNECT and self._same_connect(old, e.data):
-                    self.socks[key] = old       # a non-blocking connect checked again: not a new socket
-                    return
-                self._close(old, e.ts)
-            if len(self.socks) >= self.max_sockets:
-                self.stats["sockets shed (table full)"] += 1
-                return
-            st = self.socks[key] = self._new_sock(e, e.dir == CONNECT)
-            if st.info is not None:
-                self._match_connect(st)
-            return
+        key = (tgid, fd)
         st = self.socks.get(key)
         if self.budget:
-            sec = e.ts // 1_000_000_000
+            sec = ts // 1_000_000_000
             if sec != self._win:
                 self._win, self._win_n = sec, 0
             self._win_n += 1
             if self._win_n > self.budget and self._shed(st, e):
                 return
         if st is None:                      # a socket opened before the tracer started
-            ino = self.classify(e.tgid, e.fd)
+            ino = self.classify(tgid, fd)
             if not ino:
                 self.stats["events on unknown sockets"] += 1
                 return
             if len(self.socks) >= self.max_sockets:
                 self.stats["sockets shed (table full)"] += 1
                 return
-            st = self.socks[key] = SockState(e.tgid, e.comm, self.procnet.lookup(e.tgid, ino))
+            st = self.socks[key] = SockState(tgid, e.comm, self.procnet.lookup(tgid, ino))
             if st.dead:
                 self.stats["sockets not TCP"] += 1
-        if e.tls != st.tls:
-            if not e.tls:                   # ciphertext the uprobes did not suppress (handshake, alerts)
+        if tls != st.tls:
+            if not tls:                     # ciphertext the uprobes did not suppress (handshake, alerts)
                 self.stats["TLS ciphertext events skipped"] += 1
                 return
             self._to_tls(st)
         if st.dead:
             return
-        d = e.dir
         egress = d == EGRESS
-        tid = e.tid
         # per-thread trace id
         th = self.threads.get(tid)
         if th is None:
@@ -142,20 +125,21 @@ class EbpfSessions:
         elif not egress and th[0] == EGRESS:
             th[1] = self._trace_new()
         th[0] = d
-        st.nsys += 1
+        nsys = st.nsys = st.nsys + 1
         if d != st.last_dir:
             st.last_dir = d
-            st.run_meta[d] = (tid, th[1], st.nsys)
-        ts_us = (e.ts + self.mono_to_wall_ns) // 1000
-        if st.parser is None:
+            st.run_meta[d] = (tid, th[1], nsys)
+        parser = st.parser
+        if parser is None:
             if not st.info.resolved:
-                self._resolve(st, e.fd)
-            if not self._detect(st, e.data, egress):
+                self._resolve(st, fd)
+            if not self._detect(st, data, egress):
                 return
-        from_client = egress == st.is_client
-        seq = st.seq[d]
-        st.seq[d] = (seq + e.len) & MASK32
-        msgs = st.parser.feed(e.data, e.len, from_client, ts_us, seq)
+            parser = st.parser
+        seqs = st.seq
+        seq = seqs[d]
+        seqs[d] = (seq + length) & MASK32
+        msgs = parser.feed(data, length, egress == st.is_client, (ts + self.mono_to_wall_ns) // 1000, seq)
         if isinstance(msgs, GiveUp):
             self.stats[f"gave up: {msgs}"] += 1
             st.dead = True
@@ -164,19 +148,37 @@ class EbpfSessions:
             return
         out: list = []
         req_dir = EGRESS if st.is_client else 1 - EGRESS
+        meta, run_meta, sessions = st.meta, st.run_meta, st.sessions
         for m in msgs:
             if st.tls:
                 m.is_tls = 1
-            if m.type == REQUEST:
-                st.meta[id(m)] = st.run_meta[req_dir]
-            elif m.type == RESPONSE:
-                st.meta[id(m)] = st.run_meta[1 - req_dir]
-            else:
-                st.meta[id(m)] = st.run_meta[d]
-            st.sessions.add(m, out)
-        if st.sessions.pending() > self.max_pending:
+            t = m.type
+            meta[id(m)] = run_meta[req_dir if t == REQUEST else 1 - req_dir if t == RESPONSE else d]
+            sessions.add(m, out)
+        if sessions.pending() > self.max_pending:
             self._evict(st, out)
         self._records(st, out)
+
+    def _control(self, e) -> None:
+        """close, accept and connect events: a socket's state ends or begins."""
+        key = (e.tgid, e.fd)
+        if e.dir == CLOSE:
+            st = self.socks.pop(key, None)
+            if st is not None:
+                self._close(st, e.ts)
+            return
+        old = self.socks.pop(key, None)
+        if old is not None:
+            if e.dir == CONNECT and self._same_connect(old, e.data):
+                self.socks[key] = old       # a non-blocking connect checked again: not a new socket
+                return
+            self._close(old, e.ts)
+        if len(self.socks) >= self.max_sockets:
+            self.stats["sockets shed (table full)"] += 1
+            return
+        st = self.socks[key] = self._new_sock(e, e.dir == CONNECT)
+        if st.info is not None:
+            self._match_connect(st)
 
     def _shed(self, st: SockState | None, e) -> bool:
         """Over the events/s budget: drop events of sockets not being parsed yet (they are picked
@@ -327,19 +329,22 @@ class EbpfSessions:
             return
         if st.flow is None:
             st.flow = self._flow_part(st)
-        pid, comm = st.tgid, st.comm
+        flow, pid, comm, meta, protocol = st.flow, st.tgid, st.comm, st.meta, st.protocol
         side = (pid, 0, comm, "") if st.is_client else (0, pid, "", comm)
+        rows, app_rows, row_seq = self.rows, self.app_rows, self._row_seq
         for kind, req, resp, status in out:
-            self._row_seq += 1
-            rq = st.meta.pop(id(req), NO_META) if req is not None else NO_META
-            rs = st.meta.pop(id(resp), NO_META) if resp is not None and resp is not req else (
+            row_seq += 1
+            rq = meta.pop(id(req), NO_META) if req is not None else NO_META
+            rs = meta.pop(id(resp), NO_META) if resp is not None and resp is not req else (
                 rq if resp is not None else NO_META)
-            rec = l7_record(kind, req, resp, status, st.protocol, 0, 0)
-            rec = (rec[0], rec[0] << 32 | (self._row_seq & 0xFFFFFFFF)) + rec[2:]
-            self.rows.append(st.flow + rec + side + (rq[0], rs[0], rq[1], rs[1], rq[2], rs[2]))
-            self.stats["rows"] += 1
-            if self.app_rows is not None:
-                self.app_rows.append(_app_row(st.flow, rec, req, resp))
+            rec = l7_record(kind, req, resp, status, protocol, 0, 0)
+            t = rec[0]      # the row id: its time's second, then a sequence number
+            rows.append((*flow, t, t << 32 | (row_seq & 0xFFFFFFFF), *rec[2:], *side, rq[0], rs[0], rq[1], rs[1], rq[2],
+                         rs[2]))
+            if app_rows is not None:
+                app_rows.append(_app_row(flow, rec, req, resp))
+        self.stats["rows"] += row_seq - self._row_seq
+        self._row_seq = row_seq
 
     def _close(self, st: SockState, ts_ns: int) -> None:
         if st.sessions is not None:

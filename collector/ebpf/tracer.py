@@ -1,5 +1,6 @@
 """The eBPF socket tracer: syscall tracepoints → socket data events (pid, tid, fd, direction,
-timestamp, a bounded payload prefix) through a perf buffer.
+timestamp, a bounded payload prefix) through a BPF ring buffer (per-CPU perf buffers where the
+kernel has none), read in bulk on a timer: the programs never wake the reader.
 
 Only tracepoints are used (kprobes and fentry are refused on this kernel, ARCHITECTURE.md), and no
 kernel struct is read (the headers bcc compiles with do not match the running kernel): whether an
@@ -13,12 +14,16 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import logging
+import mmap
 import os
+import platform
 import socket
 import struct
 import sys
-from collections import Counter
+import time
+from collections import Counter, namedtuple
 from dataclasses import dataclass
+from operator import itemgetter
 
 log = logging.getLogger("flowscope.ebpf")
 
@@ -87,9 +92,27 @@ struct ssl_args_t { u64 ssl; u64 buf; u64 nptr; u32 fd; u32 dir; };   // nptr: *
 BPF_HASH(ssl_active, u64, struct ssl_args_t, 16384);                  // thread → its SSL_read/SSL_write
 BPF_TABLE("lru_hash", u64, u32, ssl_fds, 65536);                      // SSL * → fd of its last syscall
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
-BPF_ARRAY(counters, u64, 4);      // 0 events, 1 submit failed (lost), 2 skipped: fd not a known socket,
-                                  // 3 TLS data with no known fd
+BPF_PERCPU_ARRAY(counters, u64, 4);   // 0 events, 1 submit failed (lost), 2 skipped: fd not a known socket,
+                                      // 3 TLS data with no known fd (per CPU: no shared cache line)
+#if %(ringbuf)d
+BPF_RINGBUF_OUTPUT(events, %(ring_pages)d);
+BPF_PERF_OUTPUT(spill);           // what the ring refused: it fails now and then with room to spare
+#else
 BPF_PERF_OUTPUT(events);
+#endif
+
+static inline void count(int i) { u64 *c = counters.lookup(&i); if (c) __sync_fetch_and_add(c, 1); }
+
+// The ring buffer wakes nobody (BPF_RB_NO_WAKEUP): the reader drains it on a timer, so a traced
+// syscall never pays for a consumer wake-up (a perf buffer wakes its reader on every record).
+static inline int submit(void *ctx, struct event_t *e, u32 size) {
+#if %(ringbuf)d
+    if (events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP) == 0) return 0;
+    return spill.perf_submit(ctx, e, size);   // seen here (6.18 VM): ~1 in 50k, in bursts, ring near empty
+#else
+    return events.perf_submit(ctx, e, size);
+#endif
+}
 
 static inline int wanted(u32 tgid) {
     if (tgid == %(self)d) return 0;
@@ -108,6 +131,7 @@ static inline int wanted(u32 tgid) {
 
 static inline void mark_socket(u32 tgid, u32 fd) {
     struct fdkey_t k = {.tgid = tgid, .fd = fd};
+    if (fdkind.lookup(&k)) return;          // known already: a lookup is cheaper than an update
     u8 one = %(socket)d;
     fdkind.update(&k, &one);
 }
@@ -121,7 +145,7 @@ static inline int enter_vec(u32 fd, u64 buf, int is_socket, u32 vec) {
     } else {
         struct fdkey_t k = {.tgid = tgid, .fd = fd};
         u8 *kind = fdkind.lookup(&k);
-        if (!kind) { int z = 2; u64 *c = counters.lookup(&z); if (c) __sync_fetch_and_add(c, 1); return 0; }
+        if (!kind) { count(2); return 0; }
     }
     struct ssl_args_t *in_ssl = ssl_active.lookup(&id);
     if (in_ssl) {                   // ciphertext under SSL_read/SSL_write: only its fd is wanted
@@ -174,8 +198,8 @@ static inline int emit(void *ctx, u64 id, u32 fd, u32 dir, u32 flags, long ret, 
     if (n > PAYLOAD_MAX) n = PAYLOAD_MAX;
     e->cap = n;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    u64 *c = counters.lookup(&z); if (c) __sync_fetch_and_add(c, 1);
-    if (events.perf_submit(ctx, e, HEADER_SIZE + n) < 0) { int one = 1; u64 *l = counters.lookup(&one); if (l) __sync_fetch_and_add(l, 1); }
+    count(0);
+    if (submit(ctx, e, HEADER_SIZE + n) < 0) count(1);
     return 0;
 }
 
@@ -216,7 +240,7 @@ static inline int ssl_leave(struct pt_regs *ctx) {
     if (ret <= 0) return 0;
     if (fd == 0xFFFFFFFF) {
         u32 *known = ssl_fds.lookup(&ssl);
-        if (!known) { int three = 3; u64 *c = counters.lookup(&three); if (c) __sync_fetch_and_add(c, 1); return 0; }
+        if (!known) { count(3); return 0; }
         fd = *known;
     }
     return emit(ctx, id, fd, dir, %(tls)d, ret, buf, 0);
@@ -253,7 +277,7 @@ static inline int addr_event(void *ctx, u32 fd, u64 uaddr, u32 dir) {
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     __builtin_memset(e->data, 0, 28);
     if (uaddr) bpf_probe_read_user(&e->data, 28, (void *)uaddr);
-    events.perf_submit(ctx, e, 48 + 32);
+    if (submit(ctx, e, 48 + 32) < 0) count(1);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
@@ -295,7 +319,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     e->ts = bpf_ktime_get_ns(); e->tgid = tgid; e->tid = (u32)id; e->fd = args->fd; e->dir = 2;
     e->flags = 0; e->len = 0; e->cap = 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    events.perf_submit(args, e, 48);
+    if (submit(args, e, 48) < 0) count(1);
     return 0;
 }
 """
@@ -432,18 +456,78 @@ def fd_inode(tgid: int, fd: int) -> int | None:
     return 0
 
 
-class Event:
-    __slots__ = ("cap", "comm", "data", "dir", "fd", "len", "tgid", "tid", "tls", "ts")
+class Event(namedtuple("EventFields", "ts tgid tid fd dir tls len cap rawcomm data")):
+    """One socket event: a tuple made straight from a buffer record's header fields plus the
+    payload prefix (no per-field assignment). ``tls`` is the record's flags (``FLAG_TLS`` is the
+    only one); ``comm`` is decoded only when asked (new sockets)."""
+    __slots__ = ()
+
+    @property
+    def comm(self) -> str:
+        return self[8].split(b"\0", 1)[0].decode(errors="replace")
 
 
-def _ts(e: Event) -> int:
-    return e.ts
+_new_event = tuple.__new__
+_ts = itemgetter(0)
+_RING_BUSY, _RING_DISCARD = 1 << 31, 1 << 30
+_RING_FLAGS = _RING_BUSY | _RING_DISCARD
+
+
+class RingReader:
+    """A BPF ring buffer read through ``mmap``, many records per call and no callback per record.
+
+    The kernel's layout (kernel/bpf/ringbuf.c): a consumer page (its position, written by us), then
+    a producer page (its position) and the data pages mapped twice, so a record that wraps is
+    contiguous. Each record: a u32 length (bit 31 busy: reserved, not committed yet; bit 30
+    discarded), a u32 page offset, the record, padded to 8 bytes. x86 only: its loads are not
+    reordered with each other, so a committed header read first means its record is complete."""
+
+    def __init__(self, map_fd: int, size: int) -> None:
+        pg = mmap.PAGESIZE
+        self.consumer = mmap.mmap(map_fd, pg, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self.producer = mmap.mmap(map_fd, pg + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=pg)
+        self.mask, self.base = size - 1, pg
+        self.pos = _U64.unpack_from(self.consumer, 0)[0]
+
+    def read(self, out: list) -> int:
+        """Append every committed record as an ``Event``; the bytes consumed."""
+        mm, base, mask = self.producer, self.base, self.mask
+        start = cons = self.pos
+        end = _U64.unpack_from(mm, 0)[0]
+        unpack, append, new = _RECORD.unpack_from, out.append, _new_event
+        while cons < end:
+            o = base + (cons & mask)
+            n, *head = unpack(mm, o)           # the ring's length word first: read before the record
+            if n & _RING_FLAGS:
+                if n & _RING_BUSY:
+                    break
+                n &= ~_RING_DISCARD
+            else:
+                o += _RECORD.size
+                append(new(Event, (*head, mm[o:o + head[7]])))
+            cons += (n + 15) & -8              # 8-byte header, record padded to 8
+        if cons != start:
+            self.pos = cons
+            _U64.pack_into(self.consumer, 0, cons)
+        return cons - start
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.close()
+
+
+_U64 = struct.Struct("Q")     # native: one 8-byte load/store ("<Q" goes byte by byte: torn positions)
+_RECORD = struct.Struct("<I4x" + HEADER.format[1:])      # the ring's header word, then the event header
 
 
 class Tracer:
-    """Loads the program and turns perf-buffer records into ``Event`` objects for ``callback``.
+    """Loads the program and turns ring (or perf) buffer records into ``Event`` objects for
+    ``callback``. A BPF ring buffer (one for all CPUs, records in the order they were made, read
+    in bulk through mmap) where the kernel and CPU allow it; per-CPU perf buffers otherwise.
 
     Raises ``EbpfUnavailable`` (with the reason) when bcc, privileges or the kernel say no."""
+
+    POLL_INTERVAL_S = 0.01          # the ring wakes nobody: drained this often (more when filling up)
 
     def __init__(self, callback, *, pids: list[int] | None = None, comm: str | None = None,
                  payload: int = PAYLOAD_MAX, pages: int = 256, tls_libs: list[str] | None = None) -> None:
@@ -454,22 +538,35 @@ class Tracer:
         self.callback = callback
         self.stats: Counter[str] = Counter()
         comm_lit = "{" + ", ".join(str(b) for b in (comm or "").encode()[:15]) + ", 0}" if comm else "{0}"
-        text = BPF_TEXT % {"payload": payload, "self": os.getpid(), "pidfilter": int(bool(pids)),
-                           "commfilter": int(bool(comm)), "comm": comm_lit, "other": KIND_OTHER,
-                           "socket": KIND_SOCKET, "mask": payload * 2 - 1, "omask": payload - 1, "tls": FLAG_TLS}
-        try:
-            self.bpf = bcc.BPF(text=text.encode(), cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
-        except Exception as e:          # compile or load refused
-            raise EbpfUnavailable(f"the kernel or bcc refused the tracer: {e}") from e
+        ring_pages = 1 << max(0, pages * (os.cpu_count() or 1) - 1).bit_length()   # a power of two
+        params = {"payload": payload, "self": os.getpid(), "pidfilter": int(bool(pids)),
+                  "commfilter": int(bool(comm)), "comm": comm_lit, "other": KIND_OTHER, "socket": KIND_SOCKET,
+                  "mask": payload * 2 - 1, "omask": payload - 1, "tls": FLAG_TLS, "ring_pages": ring_pages}
+        self.ring: RingReader | None = None
+        for ring in ((1, 0) if platform.machine() == "x86_64" else (0,)):
+            try:
+                self.bpf = bcc.BPF(text=(BPF_TEXT % dict(params, ringbuf=ring)).encode(),
+                                   cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
+                break
+            except Exception as e:      # compile or load refused (a ring buffer needs kernel ≥ 5.8)
+                if not ring:
+                    raise EbpfUnavailable(f"the kernel or bcc refused the tracer: {e}") from e
+                log.info("eBPF ring buffer refused (%s): per-CPU perf buffers instead", e)
+        events = self.bpf[b"events"]
+        if ring:
+            self.ring = RingReader(events.map_fd, ring_pages * mmap.PAGESIZE)
+            self._ring_busy = ring_pages * mmap.PAGESIZE // 4
+            self.bpf[b"spill"].open_perf_buffer(self._on_event, page_cnt=8, lost_cb=self._on_lost)
+        else:
+            events.open_perf_buffer(self._on_event, page_cnt=pages, lost_cb=self._on_lost)
         if pids:
             m = self.bpf[b"pids"]
             for p in pids:
                 m[ct.c_uint32(p)] = ct.c_uint8(1)
         self.fdkind = self.bpf[b"fdkind"]
         self.counters = self.bpf[b"counters"]
-        self.known: dict[tuple[int, int], int] = {}
-        self._batch: list[Event] = []      # (tgid, fd) → socket inode (0: not a socket)
-        self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=pages, lost_cb=self._on_lost)
+        self.known: dict[tuple[int, int], int] = {}     # (tgid, fd) → socket inode (0: not a socket)
+        self._batch: list[Event] = []
         self.stats["sockets seeded from /proc"] = self.seed(pids)
         self.tls_attached = self.attach_tls(find_libssl() if tls_libs is None else tls_libs)
 
@@ -498,13 +595,8 @@ class Tracer:
 
     def _on_event(self, cpu, data, size) -> None:
         raw = ct.string_at(data, size)
-        ts, tgid, tid, fd, d, flags, length, cap, comm = HEADER.unpack_from(raw)
-        e = Event()
-        e.ts, e.tgid, e.tid, e.fd, e.dir, e.tls, e.len, e.cap = ts, tgid, tid, fd, d, flags & FLAG_TLS, length, cap
-        e.comm = comm.split(b"\0", 1)[0].decode(errors="replace")
-        e.data = raw[HEADER.size:HEADER.size + cap]
-        self.stats["events"] += 1
-        self._batch.append(e)
+        h = HEADER.unpack_from(raw)
+        self._batch.append(_new_event(Event, h + (raw[HEADER.size:HEADER.size + h[7]],)))
 
     def classify(self, tgid: int, fd: int) -> int | None:
         """The socket inode behind a traced fd (cached until its close event), 0 not a socket,
@@ -543,21 +635,42 @@ class Tracer:
         self.known.pop((tgid, fd), None)
 
     def poll(self, timeout_ms: int = 100) -> None:
-        """Read every CPU's buffer once, then hand the events over in timestamp order: an accept
-        on one CPU and the first read of its socket on another must not come out swapped."""
-        self.bpf.perf_buffer_poll(timeout=timeout_ms)
-        batch, self._batch = self._batch, []
-        if batch:
+        """Hand over every event the kernel has queued, in the order they happened, then wait up
+        to ``timeout_ms`` (the ring: at most ``POLL_INTERVAL_S``, none when it is filling up).
+
+        The ring holds records in the order they were made. Per-CPU perf buffers are read once
+        each, then sorted by timestamp: an accept on one CPU and the first read of its socket on
+        another must not come out swapped."""
+        if self.ring is not None:
+            batch: list[Event] = []
+            used = self.ring.read(batch)
+            self.bpf.perf_buffer_poll(timeout=0)        # the spill buffer, after the ring
+            if self._batch:
+                self.stats["events spilled (ring refused)"] += len(self._batch)
+                batch += self._batch
+                self._batch = []
+                batch.sort(key=_ts)
+        else:
+            self.bpf.perf_buffer_poll(timeout=timeout_ms)
+            batch, self._batch = self._batch, []
             batch.sort(key=_ts)
+        if batch:
+            self.stats["events"] += len(batch)
+            callback = self.callback
             for e in batch:
-                self.callback(e)
+                callback(e)
+        if self.ring is not None and timeout_ms > 0 and used < self._ring_busy:
+            time.sleep(min(timeout_ms / 1000, self.POLL_INTERVAL_S))
 
     def kernel_counters(self) -> dict[str, int]:
-        vals = [self.counters[ct.c_int(i)].value for i in range(4)]
+        vals = [sum(self.counters[ct.c_int(i)]) for i in range(4)]      # per-CPU values
         return {"kernel events": vals[0], "kernel submit failed": vals[1], "kernel skipped (fd not a socket)": vals[2],
                 "kernel TLS data without a known fd": vals[3]}
 
     def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
         with contextlib.suppress(Exception):
             self.bpf.cleanup()
 

@@ -1,0 +1,110 @@
+"""The tracer's bulk ring-buffer reader, on a file laid out like the kernel's BPF ring buffer (no
+root, no bcc): records come out as ``Event`` tuples in order; a discarded record is skipped; a
+record still being written (busy) stops the read and comes out once committed; a record that
+wraps past the end is read whole (the kernel maps the data pages twice); the consumer position is
+written back for the kernel.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+import pytest
+
+from collector.ebpf.tracer import EGRESS, FLAG_TLS, HEADER, INGRESS, Event, RingReader
+
+PG = mmap.PAGESIZE
+SIZE = 4 * PG                # the ring's data size (a power of two)
+BUSY, DISCARD = 1 << 31, 1 << 30
+
+
+class FakeRing:
+    """A memfd with the kernel's layout: consumer page, producer page, data (twice: the kernel
+    maps the same pages again right after, so the second copy is kept equal by hand)."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("fake-ringbuf")
+        os.ftruncate(self.fd, 2 * PG + 2 * SIZE)
+        self.prod = 0
+
+    def put(self, event: bytes, flags: int = 0) -> int:
+        """Write one record at the producer position; returns where it starts."""
+        at = self.prod
+        rec = struct.pack("<II", len(event) | flags, 0) + event
+        rec += bytes(-len(rec) % 8)
+        for copy in (0, SIZE):           # both mappings of the data pages
+            off = at % SIZE + copy
+            first = rec[:2 * SIZE - off]
+            os.pwrite(self.fd, first, 2 * PG + off)
+        if at % SIZE + len(rec) > SIZE:  # the wrapped tail also lands at the start of the first copy
+            os.pwrite(self.fd, rec[SIZE - at % SIZE:], 2 * PG)
+        self.prod += len(rec)
+        os.pwrite(self.fd, struct.pack("<Q", self.prod), PG)
+        return at
+
+    def set_flags(self, at: int, length: int, flags: int) -> None:
+        for copy in (0, SIZE):
+            os.pwrite(self.fd, struct.pack("<I", length | flags), 2 * PG + at % SIZE + copy)
+
+    def consumer(self) -> int:
+        return struct.unpack("<Q", os.pread(self.fd, 8, 0))[0]
+
+
+def _event(ts: int, fd: int, d: int, data: bytes, flags: int = 0) -> bytes:
+    return HEADER.pack(ts, 77, 78, fd, d, flags, len(data) + 100, len(data), b"curl\0\0junk") + data
+
+
+@pytest.fixture
+def ring():
+    r = FakeRing()
+    yield r
+    os.close(r.fd)
+
+
+def test_records_in_order_as_event_tuples(ring: FakeRing) -> None:
+    ring.put(_event(1, 5, EGRESS, b"GET / HTTP/1.1\r\n"))
+    ring.put(_event(2, 5, INGRESS, b"HTTP/1.1 200 OK\r\n", FLAG_TLS))
+    reader = RingReader(ring.fd, SIZE)
+    out: list[Event] = []
+    used = reader.read(out)
+    assert used == ring.prod == ring.consumer()
+    assert [(e.ts, e.tgid, e.tid, e.fd, e.dir, e.tls, e.len, e.data) for e in out] == [
+        (1, 77, 78, 5, EGRESS, 0, 116, b"GET / HTTP/1.1\r\n"),
+        (2, 77, 78, 5, INGRESS, FLAG_TLS, 117, b"HTTP/1.1 200 OK\r\n")]
+    assert out[0].comm == "curl" and isinstance(out[0], Event)
+    assert reader.read(out) == 0 and len(out) == 2
+    reader.close()
+
+
+def test_discarded_skipped_busy_waits_for_commit(ring: FakeRing) -> None:
+    ring.put(_event(1, 5, EGRESS, b"a" * 10), DISCARD)
+    ev = _event(2, 5, EGRESS, b"b" * 20)
+    busy_at = ring.put(ev, BUSY)
+    ring.put(_event(3, 5, EGRESS, b"c" * 30))
+    reader = RingReader(ring.fd, SIZE)
+    out: list[Event] = []
+    reader.read(out)
+    assert out == [] and ring.consumer() == busy_at      # the discarded one is consumed, no further
+    ring.set_flags(busy_at, len(ev), 0)                  # committed
+    reader.read(out)
+    assert [e.ts for e in out] == [2, 3] and ring.consumer() == ring.prod
+    reader.close()
+
+
+def test_a_record_wrapping_past_the_end_is_read_whole(ring: FakeRing) -> None:
+    reader = RingReader(ring.fd, SIZE)
+    out: list[Event] = []
+    payload = bytes(range(256)) * 2
+    n = 0
+    while ring.prod % SIZE + 8 + HEADER.size + len(payload) <= SIZE:   # fill up to just before the end
+        ring.put(_event(n, 5, EGRESS, payload))
+        n += 1
+        reader.read(out)
+    out.clear()
+    ring.put(_event(n, 5, EGRESS, payload))                # this one wraps
+    reader.read(out)
+    assert [(e.ts, e.data) for e in out] == [(n, payload)]
+    assert ring.consumer() == ring.prod > SIZE
+    reader.close()
