@@ -10,6 +10,8 @@ second of the flow's last packet (closed_flow and one counter per close_type, §
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections import defaultdict
 
 import numpy as np
@@ -19,6 +21,8 @@ import pyarrow.compute as pc
 from collector.flow.report import APP_COLUMNS, FS_COLUMNS, FS_KEY, L4_COLUMNS
 from collector.tagging import EPC_INDEX, RESOURCE_COLUMNS, TagRegistry
 from flowscope.enums import CLOSE_TYPE_STATUS, FAIL_SUMS
+
+log = logging.getLogger("flowscope.metrics")
 
 # Columns that identify a row (everything else is a meter).
 KEYS = frozenset(FS_KEY) | {"time", "l7_protocol", "endpoint", "role", "ip4", "ip6"}
@@ -69,8 +73,25 @@ def _table(columns: tuple[str, ...], rows: list[tuple]) -> pa.Table:
         if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_fixed_size_binary(t):
             out[name] = pa.array(col, t)
         else:
-            out[name] = pa.array(np.fromiter(col, t.to_pandas_dtype(), n), t)
+            out[name] = pa.array(_numbers(name, col, _np_dtype(t), n), t)
     return pa.table(out)
+
+
+@functools.cache
+def _np_dtype(t: pa.DataType) -> np.dtype:
+    """numpy's dtype of a numeric Arrow type (``to_pandas_dtype`` would import pandas)."""
+    return np.dtype({"double": "float64", "float": "float32"}.get(str(t), str(t)))
+
+
+def _numbers(name: str, col: tuple, dtype: np.dtype, n: int) -> np.ndarray:
+    """A numeric column; a negative value in an unsigned column (a duration from clocks that
+    disagree) becomes 0 and is logged, rather than losing the whole flush."""
+    try:
+        return np.fromiter(col, dtype, n)
+    except OverflowError:
+        wide = np.fromiter(col, np.float64 if dtype.kind == "f" else np.int64, n)
+        log.warning("metrics: %d negative value(s) in %s set to 0", int((wide < 0).sum()), name)
+        return wide.clip(0).astype(dtype)
 
 
 class MetricsAggregator:

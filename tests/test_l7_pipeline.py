@@ -222,3 +222,18 @@ def test_an_unanswered_request_times_out_after_the_protocols_timeout() -> None:
     assert flows[-1]["l7_request"] == 1         # counted in the window where it timed out
     app = writer.metrics("flow_metrics.application_map.1s")
     assert sum(app["timeout"].to_pylist()) == 1 and sum(app["request"].to_pylist()) == 1
+
+
+def test_a_negative_duration_costs_its_value_not_the_flush(caplog):
+    """Metric columns are unsigned; a negative value (a response timed before its request by
+    clocks that disagree) used to raise OverflowError and lose every row of the flush. It becomes
+    0, is logged, and the other rows and columns stay as they were."""
+    import logging
+
+    from collector.metrics import _table
+
+    with caplog.at_level(logging.WARNING, logger="flowscope.metrics"):
+        t = _table(("rrt_max", "rrt_sum", "~skip"), [(5, 1.5, None), (-4830, 2.0, None), (7, 0.25, None)])
+    assert t.to_pylist() == [{"rrt_max": 5, "rrt_sum": 1.5}, {"rrt_max": 0, "rrt_sum": 2.0},
+                             {"rrt_max": 7, "rrt_sum": 0.25}]
+    assert "1 negative value(s) in rrt_max set to 0" in caplog.text
