@@ -100,3 +100,24 @@ def test_socket_table_is_bounded() -> None:
 def test_ebpf_settings_are_validated(settings: EbpfSettings, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Config(ebpf=settings).validate()
+
+
+def test_an_accept_whose_fd_was_reused_keeps_its_own_peer(monkeypatch) -> None:
+    """By the time the tracer reads an accept event the process may have closed that fd and
+    accepted another connection on it: /proc then shows the other connection. The accept's own
+    peer address wins (the rows of the first connection must not carry the second one's port)."""
+    from collector.ebpf import sessions as sessions_mod
+    from collector.ebpf.tracer import ACCEPT, SockInfo
+
+    later = SockInfo(77, True, socket.inet_aton("10.0.0.1"), 8080, socket.inet_aton("10.0.0.9"), 40002)
+    monkeypatch.setattr(sessions_mod, "fd_inode", lambda tgid, fd: 77)
+    s = EbpfSessions(lambda tgid, fd: None)
+    monkeypatch.setattr(s.procnet, "lookup", lambda tgid, ino: later)
+    monkeypatch.setattr(s.procnet, "listener", lambda tgid, v4: None)
+    peer = struct.pack("<H", socket.AF_INET) + struct.pack(">H", 40001) + socket.inet_aton("10.0.0.9") + bytes(8)
+    s.handle(_ev(7, ACCEPT, peer, 100 * SEC))
+    s.handle(_ev(7, INGRESS, REQ, 100 * SEC))
+    s.handle(_ev(7, EGRESS, RESP, 100 * SEC + 1000))
+    (row,) = _rows(s)
+    assert row["client_port"] == 40001 and row["request_resource"] == "/x"
+    assert s.stats["sockets whose fd was reused before /proc was read"] == 1

@@ -226,11 +226,16 @@ class EbpfSessions:
             self.stats["sockets not TCP"] += 1
             return st
         info = None
+        v4, addr, port = peer
         if not is_client:                # accept: the connection exists now; connect: not yet
             ino = fd_inode(e.tgid, e.fd)
             info = self.procnet.lookup(e.tgid, ino) if ino else None
+            if info is not None and (info.raddr, info.rport) != (addr, port):
+                # the fd was closed and reused before this event was read: /proc shows another
+                # connection; keep what the accept itself said
+                self.stats["sockets whose fd was reused before /proc was read"] += 1
+                info = None
         if info is None:
-            v4, addr, port = peer
             info = SockInfo(0, v4, bytes(4 if v4 else 16), 0, addr, port, resolved=False)
             lis = None if is_client else self.procnet.listener(e.tgid, v4)
             if lis is not None:          # the accepted connection is gone already: its listener's end
@@ -274,7 +279,7 @@ class EbpfSessions:
         st.info.resolved = True          # one try
         ino = fd_inode(st.tgid, fd)
         found = self.procnet.lookup(st.tgid, ino) if ino else None
-        if found is not None and found.rport == st.info.rport:
+        if found is not None and (found.raddr, found.rport) == (st.info.raddr, st.info.rport):
             st.info = found
             st.flow = None
         elif st.info.lport == 0 or st.info.rport == 0:
