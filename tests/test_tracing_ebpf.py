@@ -139,11 +139,10 @@ def _traffic(pair: NetPair, root: Path) -> tuple[dict, dict]:
     prefix = "fsX" + "".join(random.choices(string.ascii_lowercase, k=4))
     comm = {role: f"{prefix}-{role}" for role in ("cli", "ka", "fe", "be")}
     cfg = root / "flowscope.yaml"
-    # No periodic flush during the run: the packet rows go in when capture ends, the eBPF rows when the
-    # tracer stops. (Queued together, l7_flow_log batches of both sources, with different columns,
-    # stop the writer: "cannot merge mixed batches", a collector issue.)
+    # Flushed every second as usual: packet and eBPF batches of l7_flow_log (different columns) meet
+    # in the writer's queue, which must keep them apart.
     cfg.write_text(yaml.safe_dump({"capture": {"interfaces": [{"match": "veth-?", "role": "own"}]},
-                                   "writer": {"spool_dir": str(root / "spool"), "flush_interval_s": 60}}))
+                                   "writer": {"spool_dir": str(root / "spool"), "flush_interval_s": 1}}))
     col = subprocess.Popen([str(FLOWSCOPE), "collect", "--iface", f"{pair.a}/veth-a", f"{pair.b}/veth-b", "--ebpf",
                             "--comm", prefix, "--clickhouse", f"chdb://{root / 'chdb'}", "--config", str(cfg)],
                            stderr=subprocess.PIPE, text=True, env=ENV)
