@@ -84,3 +84,25 @@ def _count(path: Path) -> int:
             f.seek(caplen, 1)
             n += 1
     return n
+
+
+def copy_rows(client, table: str, columns: list[str], replace: dict[str, str], copies: int, batch_rows: int,
+              settings: dict, progress: bool = True) -> None:
+    """Replace ``table``'s rows by ``copies`` copies of them, made inside ClickHouse by INSERT …
+    SELECT: in copy ``n.number`` of seed row ``s`` the columns of ``replace`` get those expressions,
+    the others the seed's values. The seed waits in a Memory table; about ``batch_rows`` rows go in
+    per INSERT."""
+    select = ", ".join(f"{replace[c]} AS `{c}`" if c in replace else f"s.`{c}`" for c in columns)
+    names = ", ".join(f"`{c}`" for c in columns)
+    seed_n = client.command(f"SELECT count() FROM {table}")
+    client.command("DROP TABLE IF EXISTS default.seed")
+    client.command(f"CREATE TABLE default.seed ENGINE = Memory AS SELECT * FROM {table}")
+    client.command(f"TRUNCATE TABLE {table}")
+    step = max(1, batch_rows // seed_n)
+    for first in range(0, copies, step):
+        last = min(copies, first + step)
+        client.command(f"INSERT INTO {table} ({names}) SELECT {select} FROM default.seed AS s "
+                       f"CROSS JOIN (SELECT number FROM numbers({first}, {last - first})) AS n", settings=settings)
+        if progress:
+            print(f"    {table}: {last * seed_n:,} / {copies * seed_n:,}", flush=True)
+    client.command("DROP TABLE default.seed")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DATA, OUT, result
+from bench.common import DATA, OUT, copy_rows, result
 
 FLOWSCOPE = Path(sys.executable).with_name("flowscope")
 DAY = 86400
@@ -239,20 +239,7 @@ def _multiply(client, table: str, target: int, kind: str, end: int) -> None:
             replace["client_port"] = "toUInt16(32768 + (s.client_port + n.number * 7) % 28000)"
         if "flow_id" in columns:
             replace["flow_id"] = "s.flow_id + n.number * 1000003"
-    select = ", ".join(f"{replace[c]} AS `{c}`" if c in replace else f"s.`{c}`" for c in columns)
-    names = ", ".join(f"`{c}`" for c in columns)
-    client.command("DROP TABLE IF EXISTS default.seed")
-    client.command(f"CREATE TABLE default.seed ENGINE = Memory AS SELECT * FROM {table}")
-    client.command(f"TRUNCATE TABLE {table}")
-    step = max(1, 2_000_000 // seed_n)
-    for first in range(0, copies, step):
-        last = min(copies, first + step)
-        client.command(f"INSERT INTO {table} ({names}) SELECT {select} FROM default.seed AS s "
-                       f"CROSS JOIN (SELECT number FROM numbers({first}, {last - first})) AS n",
-                       settings={"max_insert_threads": 2})
-        if kind == "log":
-            print(f"    {table}: {min(last * seed_n, copies * seed_n):,} / {copies * seed_n:,}", flush=True)
-    client.command("DROP TABLE default.seed")
+    copy_rows(client, table, columns, replace, copies, 2_000_000, {"max_insert_threads": 2}, progress=kind == "log")
 
 
 def open_store(rows: int, rebuild: bool) -> Path:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DATA, OUT, result
+from bench.common import DATA, OUT, copy_rows, result
 
 FLOWSCOPE = Path(sys.executable).with_name("flowscope")
 DAY = 86400
@@ -113,22 +113,10 @@ def _multiply(client, target: int) -> None:
         "client_port": "if(s.client_port = 0, 0, toUInt16(1024 + (s.client_port + n.number * 7) % 64000))",
         "flow_id": "s.flow_id + n.number * 1000003",
     }
-    select = ", ".join(f"{replace[c]} AS `{c}`" if c in replace else f"s.`{c}`" for c in columns)
-    names = ", ".join(f"`{c}`" for c in columns)
     # the cache must outlive the 72 h retention: this store keeps its rows. (compile_expressions is
     # off below: chDB's JIT-compiled bitOr/bitShiftLeft wrote garbage _ids once it kicked in.)
     client.command(f"ALTER TABLE {L7} REMOVE TTL")
-    client.command("DROP TABLE IF EXISTS default.seed")
-    client.command(f"CREATE TABLE default.seed ENGINE = Memory AS SELECT * FROM {L7}")
-    client.command(f"TRUNCATE TABLE {L7}")
-    step = max(1, 1_000_000 // seed_n)
-    for first in range(0, copies, step):
-        last = min(copies, first + step)
-        client.command(f"INSERT INTO {L7} ({names}) SELECT {select} FROM default.seed AS s "
-                       f"CROSS JOIN (SELECT number FROM numbers({first}, {last - first})) AS n",
-                       settings={"max_insert_threads": 2, "compile_expressions": 0})
-        print(f"    {L7}: {last * seed_n:,} / {copies * seed_n:,}", flush=True)
-    client.command("DROP TABLE default.seed")
+    copy_rows(client, L7, columns, replace, copies, 1_000_000, {"max_insert_threads": 2, "compile_expressions": 0})
     bad = client.command(f"SELECT countIf(bitShiftRight(_id, 32) != toUnixTimestamp(time)) FROM {L7}")
     if bad:
         raise SystemExit(f"{bad} rows with an _id that does not encode their time")

@@ -66,18 +66,23 @@ def _envelope_response(status: int, description: str, code: str = "INVALID_POST_
                     media_type="application/json")
 
 
-async def _read_body(request: Request) -> bytes:
-    """The whole body, refusing (413) past MAX_BODY_BYTES before reading more than that."""
+async def read_bounded(request: Request, limit: int, error: Callable[[str, int], Exception]) -> bytes:
+    """The whole body, refusing (``error(message, 413)``) past ``limit`` bytes before reading more
+    than that: a Content-Length over it, or a stream that goes past it."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise BadRequest(f"request body is {int(length)} bytes, the limit is {MAX_BODY_BYTES}", 413)
+    if length.isdigit() and int(length) > limit:
+        raise error(f"request body is {int(length)} bytes, the limit is {limit}", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BadRequest(f"request body is over {MAX_BODY_BYTES} bytes, the limit", 413)
+        if size > limit:
+            raise error(f"request body is over {limit} bytes, the limit", 413)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_body(request: Request) -> bytes:
+    return await read_bounded(request, MAX_BODY_BYTES, BadRequest)
 
 
 async def _form(request: Request, body: bytes) -> dict[str, list[str]]:

@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from datasource.app import read_bounded
 from datasource.tracing import as_deps
 
 TABLE = "flow_log.l7_flow_log"
@@ -370,19 +371,6 @@ def _error(message: str, status: int, as_json: bool) -> Response:
     return Response(_status_proto(message, code), status, media_type="application/x-protobuf")
 
 
-async def _read(request: Request) -> bytes:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY:
-        raise OtlpError(f"request body is {int(length)} bytes, the limit is {MAX_BODY}", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise OtlpError(f"request body is over {MAX_BODY} bytes", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def routes(deps) -> list[Route]:
     """``POST /v1/traces``: OTLP/HTTP, protobuf or JSON (the SDKs' default path on port 4318; point
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` at ``http://<datasource>/v1/traces``)."""
@@ -396,7 +384,7 @@ def routes(deps) -> list[Route]:
             return _error("this datasource has no writer for OTLP spans (read-only); send them to `flowscope up`",
                           503, as_json)
         try:
-            req, as_json = decode(await _read(request), request.headers.get("content-type", ""),
+            req, as_json = decode(await read_bounded(request, MAX_BODY, OtlpError), request.headers.get("content-type", ""),
                                   request.headers.get("content-encoding", ""))
         except OtlpError as e:
             return _error(str(e), e.status, as_json)

@@ -174,6 +174,14 @@ def _values(params: Mapping[str, Sequence[str]], key: str) -> list[str]:
     return [v.strip() for raw in params.get(key, ()) for v in raw.split(",") if v.strip()]
 
 
+def _choice(params: Mapping[str, Sequence[str]], name: str, default: str, allowed) -> str:
+    """A parameter that takes one of ``allowed``'s values."""
+    value = _one(params, name, default)
+    if value not in allowed:
+        raise TopologyError(f"{name}: one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def _one(params: Mapping[str, Sequence[str]], key: str, default: str) -> str:
     got = params.get(key) or ()
     if len(got) > 1:
@@ -198,18 +206,10 @@ def parse(params: Mapping[str, Sequence[str]], now: float | None = None) -> Topo
         raise TopologyError(f"unknown parameter {unknown[0]!r} (known: {', '.join(CONTROL)}, filters "
                             f"{', '.join(NAME_FILTERS)}, ip[_0|_1], {', '.join(OTHER_FILTERS[1:])})")
     req = TopologyRequest()
-    req.table = _one(params, "table", req.table)
-    if req.table not in TABLES:
-        raise TopologyError(f"table: one of {', '.join(TABLES)}, got {req.table!r}")
-    req.group = _one(params, "group", req.group)
-    if req.group not in RESOURCES:
-        raise TopologyError(f"group: one of {', '.join(RESOURCES)}, got {req.group!r}")
-    req.precision = _one(params, "data_precision", req.precision)
-    if req.precision not in PRECISIONS:
-        raise TopologyError(f"data_precision: one of {', '.join(PRECISIONS)}, got {req.precision!r}")
-    req.secondary = _one(params, "secondary", req.secondary)
-    if req.secondary not in SECONDARY:
-        raise TopologyError(f"secondary: one of {', '.join(SECONDARY)}, got {req.secondary!r}")
+    req.table = _choice(params, "table", req.table, TABLES)
+    req.group = _choice(params, "group", req.group, RESOURCES)
+    req.precision = _choice(params, "data_precision", req.precision, PRECISIONS)
+    req.secondary = _choice(params, "secondary", req.secondary, SECONDARY)
     limit = _one(params, "limit", str(DEFAULT_LIMIT))
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
         raise TopologyError(f"limit: an integer from 1 to {MAX_LIMIT}, got {limit!r}")

@@ -226,6 +226,16 @@ def _time_filter(lo_s: int, hi_s: int, p: str = "") -> tuple[str, dict]:
             {f"{p}t0": max(0, lo_s), f"{p}t1": hi_s})
 
 
+# The keys a search round asks for: (key of _pending, the columns holding it, parameter, type).
+_KEY_COLUMNS = (
+    ("trace_id", ("trace_id",), "tids", "String"),
+    ("xrid", ("x_request_id_0", "x_request_id_1"), "xr", "String"),
+    ("req_seq", ("req_tcp_seq",), "rq", "UInt32"),
+    ("resp_seq", ("resp_tcp_seq",), "rs", "UInt32"),
+    ("sys", ("syscall_trace_id_request", "syscall_trace_id_response"), "sy", "UInt64"),
+)
+
+
 def _ip1_in(name: str, columns: str, types: str, keys: list[tuple], params: dict) -> str:
     """``(columns, ip_1) IN keys`` (ip_1 last, as text) with the addresses compared as numbers: no
     address is formatted per row. An address with a ':' is an IPv6 row's (IPv4NumToString has none)."""
@@ -678,45 +688,34 @@ class Search:
         if details:
             ors.append(f"_id IN {{{p}did:Array(UInt64)}}")
             params[f"{p}did"] = details
-        if "trace_id" in new:
-            ors.append(f"trace_id IN {{{p}tids:Array(String)}}")
-            params[f"{p}tids"] = sorted(new["trace_id"])
-        if "xrid" in new:
-            ors.append(f"x_request_id_0 IN {{{p}xr:Array(String)}} OR x_request_id_1 IN {{{p}xr:Array(String)}}")
-            params[f"{p}xr"] = sorted(new["xrid"])
-        if "req_seq" in new:
-            ors.append(f"req_tcp_seq IN {{{p}rq:Array(UInt32)}}")
-            params[f"{p}rq"] = sorted(new["req_seq"])
-        if "resp_seq" in new:
-            ors.append(f"resp_tcp_seq IN {{{p}rs:Array(UInt32)}}")
-            params[f"{p}rs"] = sorted(new["resp_seq"])
-        if "sys" in new:
-            ors.append(f"syscall_trace_id_request IN {{{p}sy:Array(UInt64)}} OR syscall_trace_id_response IN {{{p}sy:Array(UInt64)}}")
-            params[f"{p}sy"] = sorted(new["sys"])
+        for key, columns, name, type_ in _KEY_COLUMNS:
+            if key in new:
+                ref = f"{{{p}{name}:Array({type_})}}"
+                ors.append(" OR ".join(f"{c} IN {ref}" for c in columns))
+                params[f"{p}{name}"] = sorted(new[key])
         if "conn" in new:
             # the spans of these connections that overlap the spans carrying them
-            carriers = [self.found[i] for _, i in new["conn"]]
-            tol = self.cfg.host_clock_offset_us
             conns = sorted({(cp, sp, ip) for (ip, sp, cp), _ in new["conn"]})
-            ors.append(f"({_ip1_in(f'{p}cn', 'client_port, server_port', 'UInt16, UInt16', conns, params)} "
-                       f"AND end_time >= fromUnixTimestamp64Micro({{{p}cn_lo:Int64}}) "
-                       f"AND start_time <= fromUnixTimestamp64Micro({{{p}cn_hi:Int64}}))")
-            params[f"{p}cn_lo"] = min(r["start_time_us"] for r in carriers) - tol
-            params[f"{p}cn_hi"] = max(r["end_time_us"] for r in carriers) + tol
-            for conn, _ in new["conn"]:
-                self.conn_spans[conn].append((params[f"{p}cn_lo"], params[f"{p}cn_hi"]))
+            ors.append(self._overlapping(new["conn"], conns, f"{p}cn", "client_port, server_port", "UInt16, UInt16",
+                                         params))
         if "pair" in new:
-            carriers = [self.found[i] for _, i in new["pair"]]
-            tol = self.cfg.host_clock_offset_us
             pairs = sorted({(sp, ip) for (ip, sp), _ in new["pair"]})
-            ors.append(f"({_ip1_in(f'{p}pa', 'server_port', 'UInt16', pairs, params)} "
-                       f"AND end_time >= fromUnixTimestamp64Micro({{{p}pa_lo:Int64}}) "
-                       f"AND start_time <= fromUnixTimestamp64Micro({{{p}pa_hi:Int64}}))")
-            params[f"{p}pa_lo"] = min(r["start_time_us"] for r in carriers) - tol
-            params[f"{p}pa_hi"] = max(r["end_time_us"] for r in carriers) + tol
-            for pair, _ in new["pair"]:
-                self.conn_spans[pair].append((params[f"{p}pa_lo"], params[f"{p}pa_hi"]))
+            ors.append(self._overlapping(new["pair"], pairs, f"{p}pa", "server_port", "UInt16", params))
         return Round(f"{where} AND ({' OR '.join(ors)})", params, bool(details), self.cfg.max_spans * 4 + len(details))
+
+    def _overlapping(self, items, keys: list[tuple], name: str, columns: str, types: str, params: dict) -> str:
+        """Rows on these connections (``columns`` and the server address) during the spans that
+        carry them, within the clock tolerance; the windows are kept per connection for _link."""
+        carriers = [self.found[i] for _, i in items]
+        tol = self.cfg.host_clock_offset_us
+        lo, hi = f"{name}_lo", f"{name}_hi"
+        params[lo] = min(r["start_time_us"] for r in carriers) - tol
+        params[hi] = max(r["end_time_us"] for r in carriers) + tol
+        for key, _ in items:
+            self.conn_spans[key].append((params[lo], params[hi]))
+        return (f"({_ip1_in(name, columns, types, keys, params)} "
+                f"AND end_time >= fromUnixTimestamp64Micro({{{lo}:Int64}}) "
+                f"AND start_time <= fromUnixTimestamp64Micro({{{hi}:Int64}}))")
 
     def _link(self, c: dict) -> tuple[str, int] | None:
         """The first rule linking candidate ``c`` to a row found, or None."""

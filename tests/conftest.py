@@ -147,3 +147,15 @@ def metadata_dsn(request: pytest.FixtureRequest, tmp_path: Path):
     database = f"fs_test_{uuid.uuid4().hex[:12]}"
     yield server.dsn(database)
     server.drop(database)
+
+
+@pytest.fixture(scope="session")
+def ds():
+    """`flowscope serve` over a store seeded from the committed pcaps (tests/grafana_infinity.py),
+    shared by the dashboard and alert contract tests."""
+    from tests import grafana_infinity as gi
+
+    why = gi.dialect_missing()
+    if why:
+        pytest.skip(why)
+    return gi.datasource()

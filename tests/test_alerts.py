@@ -126,14 +126,6 @@ def test_without_escaping_grafana_would_eat_the_macros():
     assert "${__timeFrom:date:seconds}" in gi.grafana_provisioning_value(provisioning.escape_dollars(raw))
 
 
-@pytest.fixture(scope="module")
-def ds():
-    why = gi.dialect_missing()
-    if why:
-        pytest.skip(why)
-    return gi.datasource()
-
-
 @pytest.mark.parametrize("rule", RULES, ids=[r["uid"] for r in RULES])
 def test_rule_query_gives_one_number_per_labelled_row(ds, rule):
     model = rule["data"][0]["model"]

@@ -205,14 +205,6 @@ def test_provisioned_datasources_and_dashboard_provider():
 # Every query, as Grafana + Infinity send it, against a running datasource over the seeded store
 
 
-@pytest.fixture(scope="module")
-def ds():
-    why = gi.dialect_missing()
-    if why:
-        pytest.skip(why)
-    return gi.datasource()
-
-
 @pytest.mark.parametrize(("uid", "name"), VARIABLES)
 def test_variable_query_returns_values(ds, uid, name):
     """As the dashboard opens: the variables above this one at All."""
