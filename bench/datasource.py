@@ -1,7 +1,7 @@
 """Datasource latency: DeepFlow SQL translation time, and the dashboard queries end to end (HTTP →
 translation → ClickHouse → JSON) next to the same ClickHouse SQL run directly on the client.
 
-    .venv/bin/python bench/datasource.py [--rows 10000000] [--runs 15] [--rebuild] [--client stdlib|httpx]
+    .venv/bin/python bench/datasource.py [--rows 10000000] [--runs 15] [--rebuild] [--client raw|stdlib|httpx]
 
 Store (cached under bench/out/datasource-<rows>/, rebuilt when missing or with --rebuild):
 ``flowscope collect`` over every fixture pcap with the lab inventory (pods, Services, hosts), then
@@ -12,9 +12,10 @@ flow_metrics .1m table. ``_ingest_time`` is set far ahead so the tables' TTL nev
 Queries: the DeepFlow SQL of the stock dashboards (reference/grafana-integration.md §2.1 — variables,
 saved panel SQL and the SDK-generated G1–G8) with the lab's names, over the last hour of the data.
 Each is measured
-  * end to end: POST /v1/query/ on a real uvicorn server in this process (keep-alive; the client is
-    the standard library's http.client: httpx spends ~0.8 ms of its own per request here, in this
-    same process, which is the client's cost, not the datasource's — ``--client httpx`` measures with it),
+  * end to end: POST /v1/query/ on a real uvicorn server in this process (keep-alive; the client is a
+    bare socket that sends the encoded request and reads the answer to its Content-Length: http.client
+    spends ~0.2 ms of its own per request here and httpx ~0.8 ms, in this same process on the same two
+    cores, which is the client's cost, not the datasource's — ``--client stdlib|httpx`` measure with them),
     with a new time range every request (as Grafana refreshes: the exact-text cache misses, the
     shape cache hits), and again with the same statement (exact-text cache hit, "cached");
   * direct: the ClickHouse SQL the dialect produces for another new range, ``client.query`` on the
@@ -298,7 +299,64 @@ def serve(app) -> tuple[object, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-class StdlibClient:
+class RawClient:
+    """POST a form on one keep-alive socket: the request's bytes are written in one ``sendall`` and
+    the answer read up to its Content-Length, nothing more. http.client spends ~0.2 ms of its own per
+    request here (header objects, its email-parser for the answer's headers), and httpx ~0.8 ms: that
+    is the client's cost in this same process on these same 2 cores, not the datasource's. The form is
+    encoded by ``prepare`` before the clock starts (a client's work, not the server's)."""
+
+    def __init__(self, url: str) -> None:
+        import socket
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        self.host = f"{u.hostname}:{u.port}"
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def prepare(self, path: str, params: dict, form: dict) -> bytes:
+        from urllib.parse import urlencode
+
+        body = urlencode(form).encode()
+        return (f"POST {path}?{urlencode(params)} HTTP/1.1\r\nHost: {self.host}\r\n"
+                f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+
+    def send(self, request: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(request)
+        buf = b""
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            buf += self._recv()
+        head, body = buf[:end].decode("latin-1"), buf[end + 4:]
+        status = int(head.split(" ", 2)[1])
+        length = next(int(line.split(":", 1)[1]) for line in head.split("\r\n")[1:]
+                      if line.lower().startswith("content-length:"))
+        while len(body) < length:
+            body += self._recv()
+        return status, body
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("the datasource closed the connection")
+        return chunk
+
+    def post(self, path: str, params: dict, form: dict) -> tuple[int, bytes]:
+        return self.send(self.prepare(path, params, form))
+
+
+class LibraryClient:
+    """A client library's ``post``: the form is encoded inside the timed call, as the library does it."""
+
+    def prepare(self, path: str, params: dict, form: dict) -> tuple:
+        return path, params, form
+
+    def send(self, request: tuple) -> tuple[int, bytes]:
+        return self.post(*request)
+
+
+class StdlibClient(LibraryClient):
     """POST a form on one keep-alive connection with http.client: (status, body bytes)."""
 
     def __init__(self, url: str) -> None:
@@ -317,7 +375,7 @@ class StdlibClient:
         return r.status, r.read()
 
 
-class HttpxClient:
+class HttpxClient(LibraryClient):
     def __init__(self, url: str) -> None:
         import httpx
 
@@ -328,13 +386,16 @@ class HttpxClient:
         return r.status_code, r.content
 
 
+CLIENTS = {"raw": RawClient, "stdlib": StdlibClient, "httpx": HttpxClient}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000, help="rows in l4_flow_log and in l7_flow_log")
     ap.add_argument("--runs", type=int, default=15, help="measurements per query and path")
     ap.add_argument("--rebuild", action="store_true", help="regenerate the cached store")
-    ap.add_argument("--client", choices=("stdlib", "httpx"), default="stdlib",
-                    help="HTTP client of the end-to-end requests (http.client or httpx)")
+    ap.add_argument("--client", choices=tuple(CLIENTS), default="raw",
+                    help="HTTP client of the end-to-end requests: a bare socket, http.client or httpx")
     args = ap.parse_args()
 
     tr = translation_times(max(3, args.runs // 3))
@@ -366,7 +427,7 @@ def main() -> None:
                                   "(SELECT count() FROM flow_log.l7_flow_log)").result_rows
         print(f"store: {n4:,} l4_flow_log rows, {n7:,} l7_flow_log rows; queries over the last hour of the data")
         server, url = serve(create_app(engine))
-        http = (HttpxClient if args.client == "httpx" else StdlibClient)(url)
+        http = CLIENTS[args.client](url)
         rows_out = []
         all_e2e, all_direct = [], []
         for name, db, prec, template in DASHBOARD:
@@ -382,17 +443,18 @@ def main() -> None:
                 except DialectError as e:
                     error = str(e)[:120]
                     break
+                request = http.prepare("/v1/query/", {"debug": "true"}, form)
                 t0 = time.perf_counter()
                 base_rows = [len(client.query(q, settings=settings).result_rows) for q in base_queries]
                 t1 = time.perf_counter()
-                status, raw = http.post("/v1/query/", {"debug": "true"}, form)
+                status, raw = http.send(request)
                 t2 = time.perf_counter()
                 body = json.loads(raw)
                 if status != 200:
                     error = body["DESCRIPTION"][:120]
                     break
                 t3 = time.perf_counter()
-                http.post("/v1/query/", {"debug": "true"}, form)     # the same statement: cached
+                http.send(request)     # the same statement: cached
                 t4 = time.perf_counter()
                 for q in body["debug"]["query_sqls"]:
                     result_rows = len(client.query(q["Sql"], settings=settings).result_rows)

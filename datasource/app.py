@@ -11,13 +11,13 @@ Optional bearer-token auth wraps everything but ``/healthz`` (datasource/auth.py
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
@@ -34,12 +34,15 @@ from datasource.auth import BearerAuth
 from datasource.engine import envelope
 from datasource.guard import MAX_SQL_BYTES, QueryRejected, check_input
 from datasource.selfmetrics import ApiMetrics, error_kind
+from datasource.worker import WORKERS
 
 log = logging.getLogger(__name__)
 
 # Form encoding can triple a query's size (%XX), plus the other fields.
 MAX_BODY_BYTES = 3 * MAX_SQL_BYTES + (16 << 10)
 QUERY_FIELDS = ("db", "sql", "data_precision")
+MAX_FORM_FIELDS = 256
+URLENCODED = "application/x-www-form-urlencoded"
 ENDPOINTS = {"/v1/query/": "/v1/query/", "/v1/query": "/v1/query/", "/v1/grafana/topology": "/v1/grafana/topology",
              "/healthz": "/healthz", "/v1/health/": "/v1/health/", "/metrics": "/metrics",
              "/openapi.json": "/openapi.json"}
@@ -59,6 +62,13 @@ def _json_bytes(obj) -> bytes:
         return orjson.dumps(obj)
     except TypeError:       # orjson.JSONEncodeError is a TypeError
         return json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    """A JSON response straight onto the ASGI channel (what starlette's Response sends, minus the object)."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _envelope_response(status: int, description: str, code: str = "INVALID_POST_DATA") -> Response:
@@ -91,7 +101,8 @@ async def _form(request: Request, body: bytes) -> dict[str, list[str]]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=0, max_fields=256, max_part_size=MAX_BODY_BYTES)
+        form = await Request(request.scope, replay).form(max_files=0, max_fields=MAX_FORM_FIELDS,
+                                                         max_part_size=MAX_BODY_BYTES)
     except Exception as e:      # python-multipart and Starlette raise several types for bad bodies
         raise BadRequest(f"malformed form body: {e}") from e
     fields: dict[str, list[str]] = {}
@@ -102,11 +113,25 @@ async def _form(request: Request, body: bytes) -> dict[str, list[str]]:
     return fields
 
 
+def _urlencoded(body: bytes) -> dict[str, list[str]]:
+    """An url-encoded form's fields as Starlette reads them (bytes as latin-1, then + and %XX undone
+    as UTF-8), split by urllib: a third of the time of the streaming parser for a dashboard query."""
+    try:
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError as e:
+        raise BadRequest(f"malformed form body: {e}") from e
+    fields: dict[str, list[str]] = {}
+    for key, value in pairs:
+        fields.setdefault(key, []).append(value)
+    return fields
+
+
 async def _query_fields(request: Request, body: bytes) -> dict[str, str | None]:
     """DeepFlow reads form fields first and falls back to a JSON body when db and sql are empty."""
     data: dict[str, str | None] = dict.fromkeys(QUERY_FIELDS)
-    if "json" not in request.headers.get("content-type", "") and body:
-        form = await _form(request, body)
+    ctype = request.headers.get("content-type", "")
+    if "json" not in ctype and body:
+        form = _urlencoded(body) if ctype.startswith(URLENCODED) else await _form(request, body)
         data.update({k: form[k][0] for k in QUERY_FIELDS if form.get(k)})
     if not data["sql"] and not data["db"] and body:
         try:
@@ -140,6 +165,17 @@ def _records(body: dict) -> list[dict]:
     res = body.get("result") or {}
     columns = res.get("columns") or []
     return [dict(zip(columns, row, strict=False)) for row in res.get("values") or []]
+
+
+class AsgiEndpoint:
+    """A bare ASGI function as a Route's endpoint: Starlette calls objects as they are and wraps only
+    functions in its Request/Response adapter."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 class RequestMetrics:
@@ -211,7 +247,11 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
         out = _records(body) if records and status == 200 else body
         return status, _json_bytes(out), error_kind(status, body)
 
-    async def query(request: Request) -> Response:
+    async def query(scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/query/ as a bare ASGI app: Starlette's request wrapper and streaming form parser
+        cost ~0.4 ms a request here, a tenth of a small dashboard query; url-encoded forms (what
+        Grafana and DeepFlow's clients send) are split directly, other bodies go through Starlette."""
+        request = Request(scope, receive)
         params = request.query_params
         try:
             fmt = params.get("format", "")
@@ -220,18 +260,20 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
             data = await _query_fields(request, await _read_body(request))
         except BadRequest as e:
             api.errors.labels("refused").inc()
-            return _envelope_response(e.status, str(e))
+            await _send_json(send, e.status, _json_bytes(envelope(status="INVALID_POST_DATA", description=str(e))))
+            return
         sql = (data["sql"] or "").strip()
         if not sql:
             api.errors.labels("refused").inc()
-            return _envelope_response(400, "sql is required")
-        status, payload, kind = await asyncio.to_thread(
+            await _send_json(send, 400, _json_bytes(envelope(status="INVALID_POST_DATA", description="sql is required")))
+            return
+        status, payload, kind = await WORKERS.run(
             run_query, sql, data["db"] or None, data["data_precision"] or None,
             raw=params.get("simple_sql", "").lower() == "true", debug=params.get("debug", "").lower() == "true",
             language=_language(request.headers.get("x-language")), records=fmt == "records")
         if kind:
             api.errors.labels(kind).inc()
-        return Response(payload, status, media_type="application/json")
+        await _send_json(send, status, payload)
 
     async def grafana_topology(request: Request) -> Response:
         try:
@@ -264,7 +306,7 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
                 out["debug"] = {"query_sqls": [entry]}
             return 200, _json_bytes(out)
 
-        status, payload = await asyncio.to_thread(work)
+        status, payload = await WORKERS.run(work)
         if status != 200:
             api.errors.labels("clickhouse").inc()
         return Response(payload, status, media_type="application/json")
@@ -297,8 +339,8 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
     if token:
         middleware.append(Middleware(BearerAuth, token=token))
     return Starlette(routes=[
-        Route("/v1/query/", query, methods=["POST"]),
-        Route("/v1/query", query, methods=["POST"]),
+        Route("/v1/query/", AsgiEndpoint(query), methods=["POST"]),
+        Route("/v1/query", AsgiEndpoint(query), methods=["POST"]),
         Route("/v1/grafana/topology", grafana_topology, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/health/", healthz, methods=["GET"]),

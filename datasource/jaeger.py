@@ -25,7 +25,6 @@ the link rule and the self time; the root span's warnings and the trace's say ho
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -50,6 +49,7 @@ from datasource.tracing import (
     assemble_many,
     dfs_order,
 )
+from datasource.worker import WORKERS
 from flowscope.enums import L7_PROTOCOLS
 
 DEFAULT_LOOKBACK_S = 3600
@@ -465,7 +465,7 @@ def routes(deps) -> list[Route]:
                 return _error(400, str(e))
             except Exception as e:
                 return _error(500, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-        return await asyncio.to_thread(work)
+        return await WORKERS.run(work)
 
     def _range(params) -> tuple[int, int]:
         return time_range(params) if params.get("start") or params.get("end") else time_range(

@@ -17,7 +17,6 @@ span names the same workload a packet span of its pod names.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gzip
 import ipaddress
@@ -39,6 +38,7 @@ from starlette.routing import Route
 
 from datasource.app import read_bounded
 from datasource.tracing import as_deps
+from datasource.worker import WORKERS
 
 TABLE = "flow_log.l7_flow_log"
 MAX_BODY = 16 << 20             # compressed
@@ -389,7 +389,7 @@ def routes(deps) -> list[Route]:
         except OtlpError as e:
             return _error(str(e), e.status, as_json)
         sender = request.client.host if request.client else ""
-        _written, rejected, why = await asyncio.to_thread(sink.accept, req, sender)
+        _written, rejected, why = await WORKERS.run(sink.accept, req, sender)
         resp = ExportTraceServiceResponse()
         if rejected:
             resp.partial_success.rejected_spans = rejected

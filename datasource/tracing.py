@@ -40,7 +40,6 @@ is visible, not guessed. Queries only carry values as ClickHouse parameters (``{
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -54,6 +53,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from datasource.worker import WORKERS
 from flowscope.enums import L7_PROTOCOLS
 
 L7_TABLE = "flow_log.l7_flow_log"
@@ -1490,7 +1490,7 @@ def routes(deps) -> list[Route]:
                 out["DEBUG"] = {"query_sqls": store.log}
             return 200, out
 
-        status, out = await asyncio.to_thread(work)
+        status, out = await WORKERS.run(work)
         return _json(out, status)
 
     return [Route("/v1/stats/querier/L7FlowTracing", l7_flow_tracing, methods=["POST"])]

@@ -147,6 +147,40 @@ def test_form_multipart_and_json_bodies_answer_the_same(api):
     assert form.content == multipart.content == as_json.content
 
 
+@pytest.mark.parametrize("body", [
+    b"db=flow_log&sql=SELECT+%60a%60%2C+%27x%2By%27+FROM+t",       # + is a space, %2B a plus
+    b"sql=%E4%B8%AD%E6%96%87&db=",                                 # escaped UTF-8, a blank value
+    b"sql=%C3%28bad&sql=second&&db",                               # invalid UTF-8, a repeat, no '='
+    b"sql=100%25+%2541&x=%zz%2",                                   # %25 once only; broken escapes kept
+    "sql=caf\u00e9 raw".encode(),                                   # raw non-ASCII bytes, as latin-1
+])
+def test_urlencoded_forms_read_as_starlette_reads_them(body):
+    """The query endpoint splits url-encoded forms itself (datasource.app._urlencoded); every field
+    must come out as Starlette's own form parser gives it."""
+    from starlette.requests import Request
+
+    from datasource.app import _urlencoded
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def starlette_fields():
+        scope = {"type": "http", "method": "POST", "headers": [(b"content-type", b"application/x-www-form-urlencoded")]}
+        fields: dict[str, list[str]] = {}
+        for k, v in (await Request(scope, receive).form()).multi_items():
+            fields.setdefault(k, []).append(v)
+        return fields
+
+    assert _urlencoded(body) == asyncio.run(starlette_fields())
+
+
+def test_too_many_form_fields_are_400(api):
+    r = api.post("/v1/query/", content=b"&".join(b"f%d=1" % i for i in range(300)),
+                 headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and r.json()["OPT_STATUS"] == "INVALID_POST_DATA"
+    assert "malformed form body: Max number of fields exceeded" in r.json()["DESCRIPTION"]
+
+
 @pytest.mark.parametrize(("request_kw", "message"), [
     ({"json": {"db": "flow_log", "sql": ["SELECT 1"]}}, "sql must be a string, got list"),
     ({"files": {"sql": ("q.sql", b"SELECT 1")}}, "malformed form body: 400: Too many files"),

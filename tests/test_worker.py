@@ -1,0 +1,61 @@
+"""datasource.worker: the HTTP handlers' blocking work runs on its threads and comes back to the
+awaiting task — results, exceptions, many at once, and a task cancelled while its work runs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from datasource.worker import Workers
+
+
+def test_results_and_exceptions_come_back_to_the_task():
+    workers = Workers(threads=2)
+
+    def fails():
+        raise KeyError("no such column")
+
+    async def main():
+        here = threading.get_ident()
+        ran_on = await workers.run(threading.get_ident)
+        total = await workers.run(sum, [1, 2, 3], start=10)
+        with pytest.raises(KeyError, match="no such column"):
+            await workers.run(fails)
+        return here, ran_on, total
+
+    here, ran_on, total = asyncio.run(main())
+    assert ran_on != here and total == 16
+
+
+def test_many_concurrent_calls_each_get_their_own_answer():
+    workers = Workers(threads=3)
+
+    def square(x: int) -> int:
+        time.sleep(0.001)
+        return x * x
+
+    async def main():
+        return await asyncio.gather(*(workers.run(square, i) for i in range(200)))
+
+    assert asyncio.run(main()) == [i * i for i in range(200)]
+
+
+def test_a_cancelled_task_leaves_the_workers_serving():
+    """A client that hangs up cancels its handler; the work still finishes on its thread, its answer
+    is dropped, and the next request is served."""
+    workers = Workers(threads=1)
+    release = threading.Event()
+
+    async def main():
+        slow = asyncio.ensure_future(workers.run(release.wait, 5))
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        return await workers.run(str.upper, "next")
+
+    assert asyncio.run(main()) == "NEXT"
