@@ -1,7 +1,7 @@
 """Datasource latency: DeepFlow SQL translation time, and the dashboard queries end to end (HTTP →
 translation → ClickHouse → JSON) next to the same ClickHouse SQL run directly on the client.
 
-    .venv/bin/python bench/datasource.py [--rows 10000000] [--runs 15] [--rebuild] [--client raw|stdlib|httpx]
+    .venv/bin/python bench/datasource.py [--rows 10000000] [--runs 15] [--rebuild] [--client process|raw|stdlib|httpx]
 
 Store (cached under bench/out/datasource-<rows>/, rebuilt when missing or with --rebuild):
 ``flowscope collect`` over every fixture pcap with the lab inventory (pods, Services, hosts), then
@@ -12,10 +12,11 @@ flow_metrics .1m table. ``_ingest_time`` is set far ahead so the tables' TTL nev
 Queries: the DeepFlow SQL of the stock dashboards (reference/grafana-integration.md §2.1 — variables,
 saved panel SQL and the SDK-generated G1–G8) with the lab's names, over the last hour of the data.
 Each is measured
-  * end to end: POST /v1/query/ on a real uvicorn server in this process (keep-alive; the client is a
-    bare socket that sends the encoded request and reads the answer to its Content-Length: http.client
-    spends ~0.2 ms of its own per request here and httpx ~0.8 ms, in this same process on the same two
-    cores, which is the client's cost, not the datasource's — ``--client stdlib|httpx`` measure with them),
+  * end to end: POST /v1/query/ on a real uvicorn server in this process, from a client in a child
+    process, as Grafana is one (keep-alive; a bare socket that sends the encoded request and reads the
+    answer to its Content-Length, timed by the child: in this process the client would share the GIL
+    with the server, and http.client spends ~0.2 ms of its own per request here, httpx ~0.8 ms — the
+    client's costs, not the datasource's; ``--client raw|stdlib|httpx`` measure in this process),
     with a new time range every request (as Grafana refreshes: the exact-text cache misses, the
     shape cache hits), and again with the same statement (exact-text cache hit, "cached");
   * direct: the ClickHouse SQL the dialect produces for another new range, ``client.query`` on the
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -323,7 +325,9 @@ class RawClient:
                 f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
                 ).encode() + body
 
-    def send(self, request: bytes) -> tuple[int, bytes]:
+    def send(self, request: bytes) -> tuple[int, bytes, float]:
+        """(status, body, seconds from the first byte sent to the last byte read)."""
+        t0 = time.perf_counter()
         self.sock.sendall(request)
         buf = b""
         while (end := buf.find(b"\r\n\r\n")) < 0:
@@ -334,7 +338,7 @@ class RawClient:
                       if line.lower().startswith("content-length:"))
         while len(body) < length:
             body += self._recv()
-        return status, body
+        return status, body, time.perf_counter() - t0
 
     def _recv(self) -> bytes:
         chunk = self.sock.recv(1 << 20)
@@ -343,7 +347,46 @@ class RawClient:
         return chunk
 
     def post(self, path: str, params: dict, form: dict) -> tuple[int, bytes]:
-        return self.send(self.prepare(path, params, form))
+        return self.send(self.prepare(path, params, form))[:2]
+
+
+class ProcessClient(RawClient):
+    """``RawClient`` in a child process of its own, as every real client is: in this process the
+    client's thread shares the GIL with the server's threads, and waits for it on both ends of each
+    request (~0.1–0.3 ms here), a cost no deployment has. The child times each request itself; this
+    process waits on a pipe meanwhile (and holds no GIL the server needs)."""
+
+    def __init__(self, url: str) -> None:
+        u = url.split("//", 1)[1]
+        self.host = u
+        self.child = subprocess.Popen([sys.executable, __file__, "--client-child", url], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE)
+
+    def send(self, request: bytes) -> tuple[int, bytes, float]:
+        self.child.stdin.write(struct.pack("<I", len(request)) + request)
+        self.child.stdin.flush()
+        status, seconds, n = struct.unpack("<Hdi", self._read(14))
+        return status, self._read(n), seconds
+
+    def _read(self, n: int) -> bytes:
+        data = self.child.stdout.read(n)
+        if len(data) != n:
+            raise ConnectionError(f"the client process ended (exit {self.child.poll()})")
+        return data
+
+    def close(self) -> None:
+        self.child.stdin.close()
+        self.child.wait(10)
+
+
+def client_child(url: str) -> None:
+    """The child of ProcessClient: requests in on stdin, (status, seconds, body) out on stdout."""
+    client = RawClient(url)
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    while head := inp.read(4):
+        status, body, seconds = client.send(inp.read(struct.unpack("<I", head)[0]))
+        out.write(struct.pack("<Hdi", status, seconds, len(body)) + body)
+        out.flush()
 
 
 class LibraryClient:
@@ -352,8 +395,10 @@ class LibraryClient:
     def prepare(self, path: str, params: dict, form: dict) -> tuple:
         return path, params, form
 
-    def send(self, request: tuple) -> tuple[int, bytes]:
-        return self.post(*request)
+    def send(self, request: tuple) -> tuple[int, bytes, float]:
+        t0 = time.perf_counter()
+        status, body = self.post(*request)
+        return status, body, time.perf_counter() - t0
 
 
 class StdlibClient(LibraryClient):
@@ -386,7 +431,7 @@ class HttpxClient(LibraryClient):
         return r.status_code, r.content
 
 
-CLIENTS = {"raw": RawClient, "stdlib": StdlibClient, "httpx": HttpxClient}
+CLIENTS = {"process": ProcessClient, "raw": RawClient, "stdlib": StdlibClient, "httpx": HttpxClient}
 
 
 def main() -> None:
@@ -394,9 +439,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000, help="rows in l4_flow_log and in l7_flow_log")
     ap.add_argument("--runs", type=int, default=15, help="measurements per query and path")
     ap.add_argument("--rebuild", action="store_true", help="regenerate the cached store")
-    ap.add_argument("--client", choices=tuple(CLIENTS), default="raw",
-                    help="HTTP client of the end-to-end requests: a bare socket, http.client or httpx")
+    ap.add_argument("--client", choices=tuple(CLIENTS), default="process",
+                    help="HTTP client of the end-to-end requests: a bare socket in a child process or in this "
+                         "one, http.client or httpx")
+    ap.add_argument("--client-child", metavar="URL", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client_child:
+        return client_child(args.client_child)
 
     tr = translation_times(max(3, args.runs // 3))
     if tr is None:
@@ -447,22 +496,20 @@ def main() -> None:
                 t0 = time.perf_counter()
                 base_rows = [len(client.query(q, settings=settings).result_rows) for q in base_queries]
                 t1 = time.perf_counter()
-                status, raw = http.send(request)
-                t2 = time.perf_counter()
+                status, raw, e2e_s = http.send(request)
                 body = json.loads(raw)
                 if status != 200:
                     error = body["DESCRIPTION"][:120]
                     break
-                t3 = time.perf_counter()
-                http.send(request)     # the same statement: cached
+                cached_s = http.send(request)[2]     # the same statement: cached
                 t4 = time.perf_counter()
                 for q in body["debug"]["query_sqls"]:
                     result_rows = len(client.query(q["Sql"], settings=settings).result_rows)
                 t5 = time.perf_counter()
                 if i >= 2:
                     direct.append(t1 - t0)
-                    e2e.append(t2 - t1)
-                    cached.append(t4 - t3)
+                    e2e.append(e2e_s)
+                    cached.append(cached_s)
                     again.append(t5 - t4)
             if error or not base_rows:
                 error = error or "no ClickHouse query"
