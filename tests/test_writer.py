@@ -403,3 +403,41 @@ def test_queued_batches_with_different_columns_are_written_apart(store, captured
         w.close()
     assert proxy.inserted[:3] == [(L4, 2), (L4, 9), (L4, 8)]
     assert _flow_ids(store) == sorted(r[0] for r in rows)
+
+
+def test_in_memory_arrow_insert_stores_what_the_arrow_format_insert_stores(_module_store, tmp_path):
+    """flowscope.storage's embedded client inserts Arrow tables through chDB's Python() table
+    function instead of clickhouse-connect's Arrow-format insert: every table the collector writes
+    (flows over IPv4/IPv6 and tunnels, L7 requests with attributes, 1s/1m metrics) must store the
+    same rows, value for value, both ways."""
+    from clickhouse_connect.driver._chdbclient import ChdbClient
+
+    client = _module_store
+    writer, _col = replay("http1", "ipv6", "http_vxlan", "http_geneve6", "dns", "redis", "mysql", "grpc")
+    compared = []
+    for table, batches in sorted(writer.batches.items()):
+        if not table.startswith(("flow_log.", "flow_metrics.")):
+            continue
+        db, name = table.split(".", 1)
+        conv = Converter(load_columns(client, table), writer.registry)
+        tables = [conv.table(b) if isinstance(b, pa.Table) else conv.convert(b) for b in batches]   # as Writer does
+        ours, theirs = f"`{db}`.`{name}_ours`", f"`{db}`.`{name}_theirs`"
+        for copy in (ours, theirs):
+            client.command(f"CREATE TABLE {copy} AS `{db}`.`{name}`")
+        try:
+            for t in tables:
+                client.insert_arrow(ours, t)                   # Python() table function
+                ChdbClient.insert_arrow(client, theirs, t)     # Arrow IPC, parsed by the engine
+            columns = ", ".join(f"`{c}`" for c, *_ in client.query(f"DESCRIBE TABLE {ours}").result_rows
+                                if c != "_ingest_time")
+            n = client.command(f"SELECT count() FROM {ours}")
+            assert n == client.command(f"SELECT count() FROM {theirs}") == sum(t.num_rows for t in tables) > 0
+            for a, b in ((ours, theirs), (theirs, ours)):
+                assert client.command(f"SELECT count() FROM (SELECT {columns} FROM {a} EXCEPT "
+                                      f"SELECT {columns} FROM {b})") == 0, f"{table}: {a} has rows {b} lacks"
+            compared.append(table)
+        finally:
+            for copy in (ours, theirs):
+                client.command(f"DROP TABLE IF EXISTS {copy}")
+    assert {"flow_log.l4_flow_log", "flow_log.l7_flow_log", "flow_metrics.network.1s", "flow_metrics.network.1m",
+            "flow_metrics.application.1m", "flow_metrics.application_map.1s"} <= set(compared), compared
