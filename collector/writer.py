@@ -9,6 +9,7 @@ same zero), which is most of a flow row's resource and tunnel columns.
 
 from __future__ import annotations
 
+import array
 import logging
 import queue
 import threading
@@ -148,14 +149,21 @@ class Converter:
         n = len(rows)
         data: dict[str, np.ndarray | list] = {name: [] if dtype is None else np.empty(n, dtype)
                                               for _, name, dtype in plan}
-        targets = [(j, data[name]) for j, name, _ in plan]
+        targets = [(j, data[name], _TYPECODES.get(dtype)) for j, name, dtype in plan]
+        frombuffer, pyarray = np.frombuffer, array.array
         for i in range(0, n, _CHUNK):
             part = tuple(zip(*rows[i:i + _CHUNK], strict=True))
-            for j, target in targets:
-                if target.__class__ is list:
+            for j, target, code in targets:
+                if code is None:
                     target.extend(part[j])
-                else:
-                    target[i:i + _CHUNK] = part[j]      # out-of-range values raise, as astype did
+                    continue
+                # array.array reads a tuple of ints ~6x faster than numpy's element-wise assignment;
+                # what it refuses (a float in an integer column, a value out of range) goes the
+                # numpy way, which truncates floats and raises for out-of-range values, as before
+                try:
+                    target[i:i + _CHUNK] = frombuffer(pyarray(code, part[j]), target.dtype)
+                except (TypeError, OverflowError):
+                    target[i:i + _CHUNK] = part[j]
         return data
 
     def _plan(self, names: tuple[str, ...]) -> list[tuple[int, str, type | None]]:
@@ -226,6 +234,12 @@ class Converter:
 _ZERO16 = bytes(16)
 _ATTR_MAP = pa.map_(pa.string(), pa.string())
 _CHUNK = 512        # rows transposed at a time (Converter._gather)
+# array.array type codes of the numpy types numeric columns are read in (same sizes on Linux x86-64
+# and arm64; checked at import)
+_TYPECODES: dict[type | None, str] = {np.uint8: "B", np.uint16: "H", np.uint32: "I", np.uint64: "Q", np.int8: "b",
+                                      np.int16: "h", np.int32: "i", np.int64: "q", np.float32: "f",
+                                      np.float64: "d"}
+assert all(array.array(c).itemsize == np.dtype(t).itemsize for t, c in _TYPECODES.items())
 # Row columns that are not stored as such but that stored columns come from, with the numpy type
 # they are read in (None: kept as Python objects).
 _SOURCES: dict[str, type | None] = {"~fin_tx": np.uint64, "~fin_rx": np.uint64, "tag_id_0": np.int64,
