@@ -34,7 +34,7 @@ from datasource.auth import BearerAuth
 from datasource.engine import envelope
 from datasource.guard import MAX_SQL_BYTES, QueryRejected, check_input
 from datasource.selfmetrics import ApiMetrics, error_kind
-from datasource.worker import WORKERS
+from datasource.worker import WORKERS, WorkersBusy
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,13 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
                                            f"(allowed: {allowed})")
         return _envelope_response(exc.status_code, str(exc.detail))
 
+    async def busy(request: Request, exc: Exception) -> Response:
+        """The worker pool is full (datasource.worker.MAX_PENDING): refuse now instead of queueing."""
+        api.errors.labels("busy").inc()
+        response = _envelope_response(503, str(exc), "SERVER_ERROR")
+        response.headers["Retry-After"] = "1"
+        return response
+
     middleware = [Middleware(RequestMetrics, metrics=api, endpoints=endpoints)]
     if token:
         middleware.append(Middleware(BearerAuth, token=token))
@@ -347,4 +354,4 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
         Route("/metrics", prom, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *routes,
-    ], middleware=middleware, exception_handlers={HTTPException: not_routed})
+    ], middleware=middleware, exception_handlers={HTTPException: not_routed, WorkersBusy: busy})

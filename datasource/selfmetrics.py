@@ -16,6 +16,7 @@ ERROR_KINDS = (
     "clickhouse",   # ClickHouse failed the query (500 FAIL with the SQL that ran)
     "auth",         # missing or wrong bearer token (401)
     "internal",     # a bug: an exception the handlers did not expect (500 FAIL)
+    "busy",         # too many requests already waiting for the worker threads (503)
 )
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

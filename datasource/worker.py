@@ -19,24 +19,38 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 THREADS = 6     # as many as asyncio's default executor has on 2 cores: queries serialize on the engine
                 # lock, the rest (OTLP decoding, trace assembly) may run beside them
+MAX_PENDING = 256   # jobs queued or running; each holds at most one request body (≤ ~200 KB)
+
+
+class WorkersBusy(RuntimeError):
+    """More jobs are waiting than the pool accepts: the request is refused (HTTP 503), not queued."""
 
 
 class Workers:
     """``await workers.run(fn, *args, **kwargs)`` runs ``fn`` on one of ``threads`` daemon threads
-    (started on first use) and returns its result or raises its exception in the awaiting task."""
+    (started on first use) and returns its result or raises its exception in the awaiting task.
+    At most ``max_pending`` jobs wait or run at once (bounded memory under a flood of requests):
+    past that, ``run`` raises WorkersBusy at once. A job whose task was cancelled (the client hung
+    up) still counts until its thread is done with it."""
 
-    def __init__(self, threads: int = THREADS, name: str = "flowscope-worker") -> None:
+    def __init__(self, threads: int = THREADS, name: str = "flowscope-worker", max_pending: int = MAX_PENDING) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = threads
         self._name = name
         self._started = False
         self._lock = threading.Lock()
+        self.max_pending = max_pending
+        self.pending = 0                    # under _lock: loops on several threads may share a pool
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self._started:
             self._start()
+        with self._lock:
+            if self.pending >= self.max_pending:
+                raise WorkersBusy(f"too many requests in progress ({self.pending}, the limit); retry shortly")
+            self.pending += 1
         self._queue.put((loop, future, fn, args, kwargs))
         return await future
 
@@ -55,6 +69,8 @@ class Workers:
                 outcome = (fn(*args, **kwargs), None)
             except BaseException as e:      # handed to the awaiting task, which decides
                 outcome = (None, e)
+            with self._lock:
+                self.pending -= 1
             with contextlib.suppress(RuntimeError):     # a closed loop: nobody waits for this any more
                 loop.call_soon_threadsafe(_settle, future, *outcome)
             del loop, future, fn, args, kwargs, outcome

@@ -589,3 +589,41 @@ def test_serve_answers_with_a_token_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_full_worker_pool_answers_503_with_the_envelope(monkeypatch):
+    """Past datasource.worker's bound on waiting queries the API refuses at once (503, Retry-After,
+    DeepFlow's envelope, counted as a 'busy' error) rather than queueing without limit; it serves
+    again as soon as the pool drains."""
+    from datasource import worker
+
+    release = threading.Event()
+
+    class SlowEngine:
+        client = None
+
+        def query(self, sql, db, data_precision=None, *, debug=False, language="en"):
+            release.wait(10)
+            return 200, envelope({"columns": ["n"], "values": [[1]], "schemas": []})
+
+    monkeypatch.setattr(worker, "WORKERS", worker.Workers(threads=1, max_pending=1))
+    monkeypatch.setattr("datasource.app.WORKERS", worker.WORKERS)
+    app = create_app(SlowEngine())
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://x") as http:
+            form = {"db": "flow_log", "sql": "SELECT Sum(byte) AS n FROM network"}
+            first = asyncio.ensure_future(http.post("/v1/query/", data=form))
+            await asyncio.sleep(0.1)
+            refused = await http.post("/v1/query/", data=form)
+            release.set()
+            served, again = await first, await http.post("/v1/query/", data=form)
+            metrics = (await http.get("/metrics")).text
+        return refused, served, again, metrics
+
+    refused, served, again, metrics = asyncio.run(main())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json() == {"OPT_STATUS": "SERVER_ERROR", "result": None, "debug": None,
+                              "DESCRIPTION": "too many requests in progress (1, the limit); retry shortly"}
+    assert served.status_code == again.status_code == 200 and served.json()["result"]["values"] == [[1]]
+    assert 'flowscope_datasource_errors_total{kind="busy"} 1.0' in metrics

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from datasource.worker import Workers
+from datasource.worker import Workers, WorkersBusy
 
 
 def test_results_and_exceptions_come_back_to_the_task():
@@ -59,3 +59,25 @@ def test_a_cancelled_task_leaves_the_workers_serving():
         return await workers.run(str.upper, "next")
 
     assert asyncio.run(main()) == "NEXT"
+
+
+def test_past_max_pending_run_refuses_at_once_and_recovers():
+    """A flood of requests is refused (WorkersBusy, HTTP 503 in the API) instead of queued without
+    bound; a cancelled request keeps its place until its thread is done with it."""
+    workers = Workers(threads=1, max_pending=2)
+    release = threading.Event()
+
+    async def main():
+        first = asyncio.ensure_future(workers.run(release.wait, 5))
+        second = asyncio.ensure_future(workers.run(str.upper, "queued"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(WorkersBusy, match=r"too many requests in progress \(2, the limit\)"):
+            await workers.run(str.upper, "refused")
+        first.cancel()
+        with pytest.raises(WorkersBusy):                 # the cancelled job still holds its thread
+            await workers.run(str.upper, "still refused")
+        release.set()
+        assert await second == "QUEUED"
+        return await workers.run(str.upper, "served"), workers.pending
+
+    assert asyncio.run(main()) == ("SERVED", 0)
