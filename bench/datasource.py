@@ -349,6 +349,9 @@ class RawClient:
     def post(self, path: str, params: dict, form: dict) -> tuple[int, bytes]:
         return self.send(self.prepare(path, params, form))[:2]
 
+    def close(self) -> None:
+        self.sock.close()
+
 
 class ProcessClient(RawClient):
     """``RawClient`` in a child process of its own, as every real client is: in this process the
@@ -399,6 +402,9 @@ class LibraryClient:
         t0 = time.perf_counter()
         status, body = self.post(*request)
         return status, body, time.perf_counter() - t0
+
+    def close(self) -> None:
+        pass
 
 
 class StdlibClient(LibraryClient):
@@ -528,6 +534,7 @@ def main() -> None:
                              "cached_p50_ms": round(p50c * 1000, 1), "direct_p50_ms": round(p50d * 1000, 1),
                              "direct_again_p50_ms": round(p50a * 1000, 1)})
         server.should_exit = True
+        http.close()
         measured = [r for r in rows_out if "error" not in r]
         if not measured:
             raise SystemExit("no dashboard query ran")

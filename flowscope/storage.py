@@ -42,7 +42,8 @@ def _embedded_client(path: str, **kwargs: Any) -> Client:
     memory: ``INSERT … SELECT … FROM Python(table)`` reads the Arrow buffers where they are, where
     clickhouse-connect serializes the table to Arrow IPC for the engine to parse again (1.4x the
     insert rate of a 100k-row l4_flow_log batch; 2x with parsing alone, bench/insert.py). Same rows
-    stored: tests/test_writer.py puts the collector's tables through both paths."""
+    stored: tests/test_writer.py puts the collector's tables through both paths. The class is built
+    here because importing chDB loads the engine (~280 MiB): server DSNs never pay for it."""
     import chdb
     from clickhouse_connect.driver._chdbclient import ChdbClient
 
