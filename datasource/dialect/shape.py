@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlglot import exp
 
 from datasource.dialect.safety import check_literal
 from datasource.dialect.tags import Param, literal
-from datasource.dialect.translate import _evaluate, _literal, fold_range, range_seconds
+from datasource.dialect.translate import _evaluate, fold_range, range_seconds
 
 _LEX = re.compile(r"""
     (?P<name>`[^`\\\x00]*`)                                     # quoted names: part of the skeleton
@@ -44,19 +45,29 @@ _MARKERS = {"string": "\x00s", "number": "\x00n"}
 _SLOT = re.compile(r"\x00(\d+)\x00")
 
 
-@dataclass(frozen=True)
-class Literal:
+class Literal(NamedTuple):
+    """A lexed literal (a tuple: ~4x cheaper to make than a frozen dataclass, and a dashboard query
+    has a dozen of them on every refresh)."""
+
     start: int
     end: int                      # exclusive
     string: bool
     text: str                     # as written, quotes included
 
     def value(self):
-        """The literal's value as the translator reads it from the parsed tree."""
-        return _literal(exp.Literal.string(self.text[1:-1]) if self.string else exp.Literal.number(self.text))
+        """The literal's value as the translator reads it from the parsed tree (translate._literal of
+        the Literal node sqlglot makes of it; computed here without building the node)."""
+        if self.string:
+            return self.text[1:-1]
+        return int(self.text) if self.text.isdigit() else float(self.text)
 
     def evaluated(self):
-        return _evaluate(exp.Literal.string(self.text[1:-1]) if self.string else exp.Literal.number(self.text))
+        """translate._evaluate of the same node, likewise."""
+        try:
+            v = float(self.text[1:-1] if self.string else self.text)
+        except ValueError:
+            return None
+        return int(v) if v == int(v) else v
 
 
 @dataclass(frozen=True)
