@@ -19,6 +19,8 @@ import re
 
 import pytest
 import sqlglot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlglot import exp
 
 import datasource.dialect as dialect
@@ -394,3 +396,22 @@ def test_anything_else_in_a_parameter_is_refused(text):
 
     with pytest.raises(DialectError, match="not one literal"):
         check_literal(text)
+
+
+_NUMBER_AS_WRITTEN = re.compile(r"(?<![\w.$])\d+(?:\.\d+)?(?![\w.$])")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(["0", "1", "42", ".", "1.5", "a", "_", "$", "x1", "1a", " ", "`", "`a1`", "'",
+                                 "'s1'", '"', "-", "--", "/", "/*", "#", "\\", "\x00", "\n", "(", ">=", "time"]),
+                max_size=16))
+def test_lexed_numbers_are_the_unsigned_decimals_outside_names(parts):
+    """The lexer's number rule (its lookbehind after the first digit, for speed) finds exactly the
+    numbers a leading-lookbehind rule finds outside quoted names and strings."""
+    sql = "".join(parts)
+    shape = lex(sql)
+    if shape is None:
+        return
+    numbers = [lit for lit in shape.literals if not lit.string]
+    blanked = re.sub(r"`[^`]*`|'[^']*'|\"[^\"]*\"", lambda m: " " * len(m[0]), sql)
+    assert [(n.start, n.text) for n in numbers] == [(m.start(), m[0]) for m in _NUMBER_AS_WRITTEN.finditer(blanked)]
