@@ -340,6 +340,11 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
             api.errors.labels("busy").inc()
             return await _send_json(send, 503, _json_bytes(envelope(status="SERVER_ERROR", description=str(e))),
                                     [(b"retry-after", b"1")])
+        except Exception as e:      # a bug here must still answer with the envelope, as the worker's do
+            log.exception("query request failed unexpectedly")
+            api.errors.labels("internal").inc()
+            return await _send_json(send, 500, _json_bytes(envelope(
+                status="FAIL", description=f"internal error: {type(e).__name__}: {e}")))
         if kind:
             api.errors.labels(kind).inc()
         await _send_json(send, status, payload)

@@ -211,6 +211,20 @@ def test_malformed_requests_are_400(api, request_kw, message):
     assert message in r.json()["DESCRIPTION"]
 
 
+def test_unexpected_failure_reading_a_query_is_a_500_envelope(api, monkeypatch):
+    """A bug before the query reaches a worker (here: reading the form) answers with DeepFlow's
+    envelope and counts as an internal error, like the worker's own failures."""
+    def broken(*args):
+        raise RuntimeError("form reader broke")
+
+    monkeypatch.setattr("datasource.app._query_fields", broken)
+    r = api.post("/v1/query/", data={"db": "flow_log", "sql": "SELECT 1"})
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"OPT_STATUS": "FAIL", "DESCRIPTION": "internal error: RuntimeError: form reader broke",
+                        "result": None, "debug": None}
+    assert 'flowscope_datasource_errors_total{kind="internal"} 1.0' in api.get("/metrics").text
+
+
 # -- ?format=records (Grafana Infinity backend parsers) ------------------------------------------------
 
 def test_records_format(api):
