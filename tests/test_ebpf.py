@@ -199,6 +199,60 @@ def test_http_each_request_once_per_process_side(traced) -> None:
     assert snap.get("events lost (perf buffer full)", 0) == 0 or snap["rows"] > 0
 
 
+REUSE_CLIENT = r'''
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
+port = int(sys.argv[2])
+def get(path):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(path.encode()):
+        data += s.recv(4096)
+    return s
+first = get("/first")
+fd, port1 = first.fileno(), first.getsockname()[1]
+first.close()
+second = get("/second")                   # the lowest free fd: the first connection's
+print(fd, second.fileno(), port1, second.getsockname()[1], flush=True)
+sys.stdin.readline()                      # the second connection stays open until the test is done
+'''
+
+
+@needs_ebpf
+def test_a_reused_fd_does_not_give_a_connection_another_ones_ports() -> None:
+    """A client closes a connection and opens the next one to the same server on the same fd before
+    the tracer reads /proc (here: every event is handled after both). The connect event carries the
+    socket's inode, read by the kernel in the syscall, so the first connection is never described
+    by the second one's ports: each client row has the port the server saw for that request."""
+    from collector.ebpf.sessions import EbpfSessions
+
+    prefix = _prefix()
+    events: list = []
+    tracer = tracer_mod.Tracer(events.append, comm=prefix)
+    try:
+        srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True)
+        _SERVERS.append(srv)
+        port = int(srv.stdout.readline())
+        cli = subprocess.Popen([sys.executable, "-c", REUSE_CLIENT, f"{prefix}-cli", str(port)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        _SERVERS.append(cli)
+        fd1, fd2, port1, port2 = map(int, cli.stdout.readline().split())
+        assert fd1 == fd2 and port1 != port2
+        _wait(lambda: tracer.poll(0) or all(sum(e.dir <= 1 and e.tgid == p.pid for e in events) >= 4 for p in (cli, srv)),
+              10)
+        sessions = EbpfSessions(tracer.classify)
+        for e in events:                  # now: /proc shows the second connection on that fd
+            sessions.handle(e)
+        rows = [dict(zip(COLUMNS, r, strict=True)) for r in sessions.take_rows()]
+    finally:
+        tracer.close()
+    client = {r["request_resource"]: r["client_port"] for r in rows if r["observation_point"] == "c-p"}
+    server = {r["request_resource"]: r["client_port"] for r in rows if r["observation_point"] == "s-p"}
+    assert server == {"/first": port1, "/second": port2}
+    assert client == server
+
+
 def test_degrades_without_bcc(monkeypatch, caplog) -> None:
     def no_bcc():
         raise tracer_mod.EbpfUnavailable("bcc is not installed (simulated)")

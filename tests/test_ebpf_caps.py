@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from collector.ebpf.sessions import COLUMNS, EbpfSessions
-from collector.ebpf.tracer import CONNECT, EGRESS, INGRESS, Event
+from collector.ebpf.tracer import CONNECT, CONNECTED, EGRESS, INGRESS, Event
 from collector.l7.base import UNKNOWN
 from flowscope.config import Config, ConfigError, EbpfSettings
 
@@ -121,3 +121,26 @@ def test_an_accept_whose_fd_was_reused_keeps_its_own_peer(monkeypatch) -> None:
     (row,) = _rows(s)
     assert row["client_port"] == 40001 and row["request_resource"] == "/x"
     assert s.stats["sockets whose fd was reused before /proc was read"] == 1
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_a_client_socket_takes_its_local_end_from_the_connected_event(family) -> None:
+    """tracer.CONNECTED (the kernel's SYN_SENT → ESTABLISHED, with the tracepoint's addresses)
+    gives a client socket its local address and port, v4-mapped v6 read as v4; one that names
+    another peer (a stale event for a reused fd) changes nothing."""
+    def connected(sport: int, daddr: str) -> bytes:
+        addrs = [socket.inet_aton(a) for a in ("10.0.0.2", daddr)]
+        if family == socket.AF_INET6:
+            addrs = [bytes(10) + b"\xff\xff" + a for a in addrs]
+        return struct.pack("<HHHH", family, sport, 8080, 0) + b"".join(a.ljust(16, b"\0") for a in addrs)
+
+    s = EbpfSessions(lambda tgid, fd: None)
+    _connect(s, 5, SEC)
+    s.handle(_ev(5, CONNECTED, connected(40001, "10.0.0.7"), SEC + 1))     # not this socket's peer
+    s.handle(_ev(5, CONNECTED, connected(40002, "10.0.0.9"), SEC + 2))
+    _exchange(s, 5, SEC + 10)
+    (row,) = _rows(s)
+    assert (row["ip4_0"], row["client_port"], row["ip4_1"], row["server_port"]) == (
+        int.from_bytes(socket.inet_aton("10.0.0.2"), "big"), 40002, int.from_bytes(socket.inet_aton("10.0.0.9"), "big"),
+        8080)
+    assert s.stats["client ends from the kernel"] == 1

@@ -17,7 +17,18 @@ import time
 from collections import Counter, deque
 from operator import itemgetter
 
-from collector.ebpf.tracer import CLOSE, CONNECT, EGRESS, INGRESS, ProcNet, SockInfo, fd_inode, parse_sockaddr
+from collector.ebpf.tracer import (
+    CLOSE,
+    CONNECT,
+    CONNECTED,
+    EGRESS,
+    INGRESS,
+    ProcNet,
+    SockInfo,
+    fd_inode,
+    parse_connected,
+    parse_sockaddr,
+)
 from collector.flow.report import FS_KEY, L7_COLUMNS, L7_FLOW, L7_RECORD, l7_record
 from collector.l7.base import CLIENT_ERROR, MASK32, REQUEST, RESPONSE, SERVER_ERROR, TIMEOUT, GiveUp
 from collector.l7.registry import MAX_ATTEMPTS, Detector
@@ -160,8 +171,12 @@ class EbpfSessions:
         self._records(st, out)
 
     def _control(self, e) -> None:
-        """close, accept and connect events: a socket's state ends or begins."""
+        """close, accept and connect events: a socket's state ends or begins; connected: a client
+        socket's local end, from the kernel."""
         key = (e.tgid, e.fd)
+        if e.dir == CONNECTED:
+            self._connected(key, e.data)
+            return
         if e.dir == CLOSE:
             st = self.socks.pop(key, None)
             if st is not None:
@@ -179,6 +194,22 @@ class EbpfSessions:
         st = self.socks[key] = self._new_sock(e, e.dir == CONNECT)
         if st.info is not None:
             self._match_connect(st)
+
+    def _connected(self, key: tuple[int, int], data: bytes) -> None:
+        """The kernel's word on a client socket's local end (tracer.CONNECTED): exact even when the
+        process has since closed the fd and connected again on it, which /proc cannot tell apart
+        when both connections go to the same server."""
+        st = self.socks.get(key)
+        got = parse_connected(data)
+        if st is None or got is None or not st.is_client or st.info is None:
+            return
+        v4, laddr, lport, raddr, rport = got
+        i = st.info
+        if (i.raddr, i.rport) != (raddr, rport) or (i.lport, i.laddr) == (lport, laddr):
+            return
+        st.info = SockInfo(i.inode, v4, laddr, lport, raddr, rport)
+        st.flow = None
+        self.stats["client ends from the kernel"] += 1
 
     def _shed(self, st: SockState | None, e) -> bool:
         """Over the events/s budget: drop events of sockets not being parsed yet (they are picked

@@ -29,7 +29,7 @@ log = logging.getLogger("flowscope.ebpf")
 
 DEBIAN_DIST = "/usr/lib/python3/dist-packages"
 PAYLOAD_MAX = 512
-EGRESS, INGRESS, CLOSE, ACCEPT, CONNECT = 0, 1, 2, 3, 4
+EGRESS, INGRESS, CLOSE, ACCEPT, CONNECT, CONNECTED = 0, 1, 2, 3, 4, 5
 KIND_SOCKET, KIND_OTHER = 1, 2
 FLAG_TLS = 1                     # plaintext from an SSL_read/SSL_write uprobe
 
@@ -88,6 +88,8 @@ struct fdkey_t { u32 tgid; u32 fd; };
 BPF_HASH(active, u64, struct args_t, 16384);
 BPF_HASH(fdkind, struct fdkey_t, u8, 262144);
 BPF_HASH(pids, u32, u8, 4096);
+BPF_HASH(connecting, u64, u32, 16384);                                // thread in connect() → its fd
+BPF_TABLE("lru_hash", u64, struct fdkey_t, syn_sent, 65536);          // struct sock * → (process, fd)
 struct ssl_args_t { u64 ssl; u64 buf; u64 nptr; u32 fd; u32 dir; };   // nptr: *_ex's size_t *count
 BPF_HASH(ssl_active, u64, struct ssl_args_t, 16384);                  // thread → its SSL_read/SSL_write
 BPF_TABLE("lru_hash", u64, u32, ssl_fds, 65536);                      // SSL * → fd of its last syscall
@@ -298,10 +300,59 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept4) {
     return addr_event(args, args->ret, uaddr, 3);
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
     if (!wanted(tgid)) return 0;
     mark_socket(tgid, args->fd);
+    u32 fd = args->fd;
+    connecting.update(&id, &fd);
     return addr_event(args, args->fd, (u64)args->uservaddr, 4);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+    u64 id = bpf_get_current_pid_tgid();
+    connecting.delete(&id);
+    return 0;
+}
+// A client socket's local end. TCP picks the source port after the SYN_SENT transition (which the
+// connecting thread makes inside connect), so: SYN_SENT remembers which (process, fd) the socket is,
+// and SYN_SENT → ESTABLISHED (in whatever context the SYN-ACK arrives) reports its addresses then,
+// before the connection can carry data. No struct is read: the tracepoint's fields come from the
+// running kernel's format, where the kernel headers here may be another version's.
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != 6) return 0;
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == 2) {                              // TCP_SYN_SENT, in connect()
+        u64 id = bpf_get_current_pid_tgid();
+        u32 *fd = connecting.lookup(&id);
+        if (!fd) return 0;
+        struct fdkey_t k = {.tgid = id >> 32, .fd = *fd};
+        syn_sent.update(&sk, &k);
+        return 0;
+    }
+    if (args->oldstate != 2) return 0;
+    struct fdkey_t *k = syn_sent.lookup(&sk);
+    if (!k) return 0;
+    u32 tgid = k->tgid, fd = k->fd;
+    syn_sent.delete(&sk);
+    if (args->newstate != 1) return 0;                      // refused or timed out: no connection
+    int z = 0;
+    struct event_t *e = scratch.lookup(&z);
+    if (!e) return 0;
+    e->ts = bpf_ktime_get_ns(); e->tgid = tgid; e->tid = 0; e->fd = fd; e->dir = 5;
+    e->flags = 0; e->len = 0; e->cap = 40;
+    __builtin_memset(e->comm, 0, sizeof(e->comm));
+    __builtin_memset(e->data, 0, 40);
+    u16 ports[4] = {args->family, args->sport, args->dport, 0};    // family, then ports in host order
+    __builtin_memcpy(e->data, ports, 8);
+    if (args->family == 2) {
+        __builtin_memcpy(&e->data[8], args->saddr, 4);
+        __builtin_memcpy(&e->data[24], args->daddr, 4);
+    } else {
+        __builtin_memcpy(&e->data[8], args->saddr_v6, 16);
+        __builtin_memcpy(&e->data[24], args->daddr_v6, 16);
+    }
+    if (submit(args, e, 48 + 40) < 0) count(1);
+    return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     u64 id = bpf_get_current_pid_tgid();
@@ -442,6 +493,22 @@ def parse_sockaddr(raw: bytes) -> tuple[bool, bytes, int] | None:
         if a[:12] == b"\0" * 10 + b"\xff\xff":
             return True, a[12:], port
         return False, a, port
+    return None
+
+
+def parse_connected(raw: bytes) -> tuple[bool, bytes, int, bytes, int] | None:
+    """A CONNECTED event's data (family, sport, dport, saddr[16], daddr[16]; ports in host order)
+    → (is_v4, local address, local port, remote address, remote port); v4-mapped v6 counts as v4."""
+    if len(raw) < 40:
+        return None
+    family, sport, dport = struct.unpack_from("<HHH", raw)
+    if family == socket.AF_INET:
+        return True, raw[8:12], sport, raw[24:28], dport
+    if family == socket.AF_INET6:
+        local, remote = raw[8:24], raw[24:40]
+        if local[:12] == remote[:12] == b"\0" * 10 + b"\xff\xff":
+            return True, local[12:], sport, remote[12:], dport
+        return False, local, sport, remote, dport
     return None
 
 
