@@ -74,10 +74,22 @@ def _embedded_client(path: str, **kwargs: Any) -> Client:
     return EmbeddedClient()
 
 
+# One block for a whole batch up to this many rows (ClickHouse's own max_insert_block_size): read as
+# one block, it needs no squashing (a copy of every column into a batch-sized block, which the
+# default 64k-row reads got anyway) and still makes one part per partition.
+ONE_BLOCK_ROWS = 1_048_576
+
+
 def _insert_from_arrow(conn, table: str, arrow_table) -> None:
-    """chDB's Python() table function finds ``arrow_table`` by name among this frame's locals."""
+    """chDB's Python() table function finds ``arrow_table`` by name among this frame's locals.
+    Settings, measured on 500k l4_flow_log rows in 100k batches (interleaved, 8 rounds): one block
+    per batch without squashing and one thread: 370k rows/s against 290k with the defaults (two
+    threads on two cores slow the single-part write down: 332k with max_threads = 1 alone)."""
     names = ", ".join("`" + n.replace("\\", "\\\\").replace("`", "\\`") + "`" for n in arrow_table.column_names)
-    conn.query(f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(arrow_table)")
+    rows = arrow_table.num_rows
+    settings = (f"max_threads = 1, max_block_size = {rows}, min_insert_block_size_rows = 0, "
+                "min_insert_block_size_bytes = 0" if rows <= ONE_BLOCK_ROWS else "max_threads = 1")
+    conn.query(f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(arrow_table) SETTINGS {settings}")
 
 
 def redact(dsn: str) -> str:
