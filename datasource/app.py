@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # Form encoding can triple a query's size (%XX), plus the other fields.
 MAX_BODY_BYTES = 3 * MAX_SQL_BYTES + (16 << 10)
 QUERY_FIELDS = ("db", "sql", "data_precision")
+QUERY_PATHS = ("/v1/query/", "/v1/query")      # DeepFlow's, and without the slash
 MAX_FORM_FIELDS = 256
 URLENCODED = "application/x-www-form-urlencoded"
 ENDPOINTS = {"/v1/query/": "/v1/query/", "/v1/query": "/v1/query/", "/v1/grafana/topology": "/v1/grafana/topology",
@@ -65,9 +66,12 @@ def _json_bytes(obj) -> bytes:
         return json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
+def _envelope_bytes(description: str, code: str = "INVALID_POST_DATA") -> bytes:
+    return _json_bytes(envelope(status=code, description=description))
+
+
 def _envelope_response(status: int, description: str, code: str = "INVALID_POST_DATA") -> Response:
-    return Response(_json_bytes(envelope(status=code, description=description)), status,
-                    media_type="application/json")
+    return Response(_envelope_bytes(description, code), status, media_type="application/json")
 
 
 async def read_bounded(request: Request, limit: int, error: Callable[[str, int], Exception]) -> bytes:
@@ -99,16 +103,16 @@ async def _read_body(request: Request) -> bytes:
     return await read_bounded(request, MAX_BODY_BYTES, BadRequest)
 
 
-async def _form(request: Request, body: bytes) -> dict[str, list[str]]:
+async def _form(scope: Scope, content_type: str, body: bytes) -> dict[str, list[str]]:
     """Form fields (url-encoded or multipart) of an already read body, each a list of values."""
-    if request.headers.get("content-type", "").startswith(URLENCODED):
+    if content_type.startswith(URLENCODED):
         return _urlencoded(body)
 
     async def replay() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=0, max_fields=MAX_FORM_FIELDS,
+        form = await Request(scope, replay).form(max_files=0, max_fields=MAX_FORM_FIELDS,
                                                          max_part_size=MAX_BODY_BYTES)
     except Exception as e:      # python-multipart and Starlette raise several types for bad bodies
         raise BadRequest(f"malformed form body: {e}") from e
@@ -156,7 +160,7 @@ async def _query_fields(scope: Scope, content_type: str, body: bytes) -> dict[st
     """DeepFlow reads form fields first and falls back to a JSON body when db and sql are empty."""
     data: dict[str, str | None] = dict.fromkeys(QUERY_FIELDS)
     if "json" not in content_type and body:
-        form = _urlencoded(body) if content_type.startswith(URLENCODED) else await _form(Request(scope), body)
+        form = await _form(scope, content_type, body)
         data.update({k: form[k][0] for k in QUERY_FIELDS if form.get(k)})
     if not data["sql"] and not data["db"] and body:
         try:
@@ -209,7 +213,7 @@ class QueryLane:
     Starlette's router and middleware stack cost it ~0.05 ms of the loop thread. Auth and request
     metrics wrap the lane, so both paths pass through them."""
 
-    PATHS = frozenset({"/v1/query/", "/v1/query"})
+    PATHS = frozenset(QUERY_PATHS)
 
     def __init__(self, app: ASGIApp, query: ASGIApp) -> None:
         self.app = app
@@ -224,14 +228,12 @@ class QueryLane:
 
 def _headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, str]:
     """The first value of each of ``names`` (lower case) in the request's headers, "" if absent."""
-    found = dict.fromkeys(names, "")
-    seen = set()
+    found: dict[bytes, str] = {}
     for key, value in scope["headers"]:
         key = key.lower()
-        if key in found and key not in seen:
-            seen.add(key)
+        if key in names and key not in found:
             found[key] = value.decode("latin-1")
-    return found
+    return {name: found.get(name, "") for name in names}
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> None:
@@ -328,8 +330,7 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
                     raise BadRequest("sql is required")
             except BadRequest as e:
                 api.errors.labels("refused").inc()
-                return await _send_json(send, e.status, _json_bytes(envelope(status="INVALID_POST_DATA",
-                                                                             description=str(e))))
+                return await _send_json(send, e.status, _envelope_bytes(str(e)))
             status, payload, kind = await WORKERS.run(
                 run_query, sql, data["db"] or None, data["data_precision"] or None,
                 raw=params.get("simple_sql", "").lower() == "true", debug=params.get("debug", "").lower() == "true",
@@ -338,13 +339,11 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
             return
         except WorkersBusy as e:
             api.errors.labels("busy").inc()
-            return await _send_json(send, 503, _json_bytes(envelope(status="SERVER_ERROR", description=str(e))),
-                                    [(b"retry-after", b"1")])
+            return await _send_json(send, 503, _envelope_bytes(str(e), "SERVER_ERROR"), [(b"retry-after", b"1")])
         except Exception as e:      # a bug here must still answer with the envelope, as the worker's do
             log.exception("query request failed unexpectedly")
             api.errors.labels("internal").inc()
-            return await _send_json(send, 500, _json_bytes(envelope(
-                status="FAIL", description=f"internal error: {type(e).__name__}: {e}")))
+            return await _send_json(send, 500, _envelope_bytes(f"internal error: {type(e).__name__}: {e}", "FAIL"))
         if kind:
             api.errors.labels(kind).inc()
         await _send_json(send, status, payload)
@@ -355,7 +354,8 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
             for k, v in request.query_params.multi_items():
                 params.setdefault(k, []).append(v)
             if request.method == "POST":
-                for k, v in (await _form(request, await _read_body(request))).items():
+                form = await _form(request.scope, request.headers.get("content-type", ""), await _read_body(request))
+                for k, v in form.items():
                     params.setdefault(k, []).extend(v)
             debug = any(v.lower() == "true" for v in params.get("debug", ()))
             req = topology.parse(params)
@@ -417,8 +417,9 @@ def create_app(engine, *, metrics: Callable[[], bytes] | None = None, health: Ca
         return response
 
     web = Starlette(routes=[
-        Route("/v1/query/", AsgiEndpoint(query), methods=["POST"]),
-        Route("/v1/query", AsgiEndpoint(query), methods=["POST"]),
+        # QueryLane answers POST before the router; the routes list the endpoint (405 for other
+        # methods, /openapi.json)
+        *(Route(path, AsgiEndpoint(query), methods=["POST"]) for path in QUERY_PATHS),
         Route("/v1/grafana/topology", grafana_topology, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/health/", healthz, methods=["GET"]),
