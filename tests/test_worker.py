@@ -81,3 +81,44 @@ def test_past_max_pending_run_refuses_at_once_and_recovers():
         return await workers.run(str.upper, "served"), workers.pending
 
     assert asyncio.run(main()) == ("SERVED", 0)
+
+
+def test_back_to_back_jobs_run_on_the_thread_that_finished_last():
+    """Sequential requests (a dashboard refreshing panel after panel) keep one warm thread: the pool
+    starts no second thread while one is idle, and the last idle thread takes the next job."""
+    workers = Workers(threads=4)
+
+    async def main():
+        return [await workers.run(threading.get_ident) for _ in range(20)]
+
+    assert len(set(asyncio.run(main()))) == 1
+
+
+def test_concurrent_jobs_get_their_own_threads_up_to_the_limit_then_wait_in_order():
+    workers = Workers(threads=3)
+    barrier = threading.Barrier(3, timeout=5)     # only passes if three jobs run at the same time
+    done: list[int] = []
+
+    def meet(i: int) -> int:
+        barrier.wait()
+        return threading.get_ident()
+
+    def record(i: int) -> int:
+        done.append(i)
+        return i
+
+    async def main():
+        idents = await asyncio.gather(*(workers.run(meet, i) for i in range(3)))
+        gate = threading.Event()
+        blockers = [asyncio.ensure_future(workers.run(gate.wait, 5)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(workers.run(record, i)) for i in range(10)]
+        await asyncio.sleep(0.05)
+        assert done == []                        # every thread is busy: the jobs wait
+        gate.set()
+        await asyncio.gather(*blockers)
+        return idents, await asyncio.gather(*queued)
+
+    idents, results = asyncio.run(main())
+    assert len(set(idents)) == 3 and results == list(range(10))
+    assert sorted(done) == list(range(10)) and workers.pending == 0
