@@ -173,7 +173,7 @@ def test_refreshes_hit_the_shape_cache():
     for db, precision, template in CORPUS[:9]:
         _, fixed = fill(template, r)
         fixed = {k: v for k, v in fixed.items() if not k.startswith("{t")}
-        translate(fill(template, r, fixed)[0], db, precision)
+        translate(fill(template, r, {**fixed, "{t0}": "1795590000", "{t1}": "1795593600"})[0], db, precision)
         before = dialect.cache_info()["shape_hits"]
         for k in range(3):
             start = 1_795_600_000 + 7 * k
@@ -191,6 +191,33 @@ def test_a_template_fits_only_its_time_window():
     assert "sum(byte_tx) / 3600 AS" in one and "sum(byte_tx) / 3600 AS" in same_width
     assert "sum(byte_tx) / 7200 AS" in wider
     assert "time >= 1795600010 AND time <= 1795603609" in same_width
+
+
+def test_panels_over_ranges_of_different_widths_keep_their_templates():
+    """The same panel over 1 h and over 2 h (two dashboards, two users) alternate without
+    translating again: each width keeps its own template."""
+    sql = "select Avg(byte_tx) as a from l4_flow_log where time>={} and time<={} group by ip_0"
+    for k in range(2):
+        for width in (3600, 7200):
+            translate(sql.format(1_795_600_000 + k, 1_795_600_000 + k + width - 1), "flow_log")
+    before = dialect.cache_info()["shape_hits"]
+    for k in range(2, 6):
+        for width in (3600, 7200):
+            got = translate(sql.format(1_795_600_000 + k, 1_795_600_000 + k + width - 1), "flow_log").sql
+            assert f"sum(byte_tx) / {width} AS" in got
+    assert dialect.cache_info()["shape_hits"] == before + 8
+
+
+def test_a_sum_does_not_tie_its_template_to_the_range_width():
+    """Only aggregates that divide by the range (Avg of a counter, PerSecond, Time_interval) make the
+    template width-specific; a Sum over any range width is served by one template."""
+    sql = "select Sum(request) as r, endpoint from l7_flow_log where time>={} and time<={} group by endpoint"
+    translate(sql.format(1_795_600_000, 1_795_603_599), "flow_log")
+    before = dialect.cache_info()["shape_hits"]
+    for width in (3600, 7200, 60, 86400):
+        got = translate(sql.format(1_795_500_000, 1_795_500_000 + width), "flow_log").sql
+        assert f"time <= {1_795_500_000 + width}" in got
+    assert dialect.cache_info()["shape_hits"] == before + 4
 
 
 def test_lexer_reads_only_plain_literals():

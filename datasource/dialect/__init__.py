@@ -73,13 +73,23 @@ class _Cache:
         self._data: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key):
+    def get(self, key, *, count: bool = True):
+        """The value (its place refreshed); ``count=False`` leaves counting to the caller (``hit``)."""
         with self._lock:
             value = self._data.get(key)
             if value is not None:
-                self.hits += 1
+                self.hits += count
                 self._data.move_to_end(key)
             return value
+
+    def hit(self) -> None:
+        with self._lock:
+            self.hits += 1
+
+    def peek(self, key):
+        """The value without counting a hit or refreshing its place (for updates)."""
+        with self._lock:
+            return self._data.get(key)
 
     def put(self, key, value) -> None:
         with self._lock:
@@ -96,7 +106,8 @@ class _Cache:
 
 _exact = _Cache(CACHE_SIZE)       # (sql, db, precision, language) → Translation
 _lifted = _Cache(CACHE_SIZE)      # (db, precision, language, skeleton) → indices of the lifted literals
-_templates = _Cache(CACHE_SIZE)   # (db, precision, language, skeleton, lifted, fixed literals) → Template
+_templates = _Cache(CACHE_SIZE)   # (db, precision, language, skeleton, lifted, fixed literals) → Templates
+_WINDOWS_KEPT = 4                 # templates kept per key, for different range lengths (Template.window)
 _translated = [0]                 # translations done from scratch by translate()
 
 
@@ -114,8 +125,10 @@ def translate(sql: str, db: str | None, data_precision: str | None = None, *,
     if shape is not None and shape.literals:
         skey = (db, precision, language, shape.skeleton)
         lifted = _lifted.get(skey)
-        tmpl = _templates.get((*skey, lifted, shape.fixed(lifted))) if lifted is not None else None
-        if tmpl is not None and tmpl.fits(shape.literals):
+        found = _templates.get((*skey, lifted, shape.fixed(lifted)), count=False) if lifted is not None else None
+        tmpl = next((t for t in found if t.fits(shape.literals)), None) if found else None
+        if tmpl is not None:
+            _templates.hit()            # counted when a template serves the request, not when one exists
             sql_out = tmpl.render(shape.literals)     # each parameter checked to be one literal
             safety.check_size(sql_out)
             return Translation(sql_out, None, tmpl.schemas, [sql_out], tmpl.text, tmpl.fill_for(shape.literals))
@@ -124,9 +137,20 @@ def translate(sql: str, db: str | None, data_precision: str | None = None, *,
     if tmpl is not None:
         skey = (db, precision, language, shape.skeleton)
         _lifted.put(skey, tmpl.lifted)
-        _templates.put((*skey, tmpl.lifted, shape.fixed(tmpl.lifted)), tmpl)
+        tkey = (*skey, tmpl.lifted, shape.fixed(tmpl.lifted))
+        _templates.put(tkey, _with_template(_templates.peek(tkey), tmpl))
     _exact.put(key, tr)
     return tr
+
+
+def _with_template(kept: tuple[Template, ...] | None, tmpl: Template) -> tuple[Template, ...]:
+    """The templates of one shape, newest first. A template sized by its time range (``window``)
+    serves only ranges of that length: a panel refreshed over 1 h and the same panel over 6 h keep
+    one each instead of replacing each other's on every request."""
+    if tmpl.window is None or not kept:
+        return (tmpl,)
+    seconds = tmpl.window[2]
+    return (tmpl, *(t for t in kept if t.window is not None and t.window[2] != seconds))[:_WINDOWS_KEPT]
 
 
 def translate_uncached(sql: str, db: str | None, precision: str | None, language: str,

@@ -16,6 +16,7 @@ datasource interval, and the outer expression that aggregates it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from datasource.dialect.catalog import (
@@ -56,14 +57,16 @@ def apdex(value: str, cond: str, t: str) -> str:
             f"* 0.5) / {total} * 100, NULL)")
 
 
-def one_layer(func: str, m: Metric, params: list[str], intervals: str) -> str:
-    """The function over the stored rows directly. ``intervals`` = datasource intervals in the window."""
+def one_layer(func: str, m: Metric, params: list[str], intervals: Callable[[], str]) -> str:
+    """The function over the stored rows directly. ``intervals()``: datasource intervals in the window,
+    asked only by the functions that divide by it: a query whose answer does not depend on the length
+    of its time range must not make its cached template depend on it (dialect/shape.py)."""
     v, c = m.value, m.cond
     if func == "Sum":
         return _if("sum", v, c if m.kind == DELAY else "")
     if func == "Avg":
         if m.kind in (COUNTER, GAUGE):
-            return f"sum({v}) / {intervals}"
+            return f"sum({v}) / {intervals()}"
         if m.is_ratio:
             return ratio_of_sums(m)
         return _if("avg", v, c)

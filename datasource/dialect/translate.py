@@ -498,7 +498,7 @@ class Translator:
         if self.layered:
             return self._register(agg.partial(name, metric, params)).outer
         try:
-            return agg.one_layer(name, metric, params, self._intervals())
+            return agg.one_layer(name, metric, params, self._intervals)
         except KeyError:
             raise self._unsupported(node) from None
 
