@@ -22,7 +22,7 @@ L7_TABLE = "flow_log.l7_flow_log"
 
 class EbpfCollector:
     def __init__(self, writer, *, pids: list[int] | None = None, comm: str | None = None, agent_id: int = 0,
-                 tagger=None, detector=None, flush_interval_s: float = 1.0, metrics: bool = True,
+                 tagger=None, detector=None, flush_interval_s: float = 5.0, metrics: bool = True,
                  settings=None) -> None:
         from flowscope.config import EbpfSettings
 
