@@ -274,25 +274,25 @@ def _group(t: pa.Table) -> pa.Table:
                              for n in g.column_names])
 
 
-def _zero_fill(t: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Add the columns of ``schema`` that ``t`` lacks, as zeros (meters it has nothing for). One new
-    table for all of them: each ``append_column`` copies the column list, and a flush zero-fills
-    tens of columns in several tables (a fixed cost per flush, paid every few seconds when live)."""
-    have = set(t.column_names)
-    missing = [f for f in schema if f.name not in have]
-    if not missing:
+def _appended(t: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """``t`` with ``columns`` added, in one new table: each ``append_column`` copies the column list,
+    and a flush adds tens of columns to several tables (a fixed cost paid every few seconds live)."""
+    if not columns:
         return t
-    n = t.num_rows
-    return pa.Table.from_arrays(
-        t.columns + [pa.array(np.zeros(n, f.type.to_pandas_dtype())) for f in missing],
-        names=t.column_names + [f.name for f in missing])
+    return pa.Table.from_arrays(t.columns + list(columns.values()), names=t.column_names + list(columns))
+
+
+def _zero_fill(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Add the columns of ``schema`` that ``t`` lacks, as zeros (meters it has nothing for)."""
+    have = set(t.column_names)
+    return _appended(t, {f.name: pa.array(np.zeros(t.num_rows, f.type.to_pandas_dtype()))
+                         for f in schema if f.name not in have})
 
 
 def _with_derived(t: pa.Table) -> pa.Table:
     """The stored sums (datamodel §3b: failure sums from the per-close_type counters, l7_error,
-    error) from their parts, added in one new table."""
-    names = t.column_names
-    have = set(names)
+    error) from their parts."""
+    have = set(t.column_names)
     added: dict[str, pa.Array] = {}
     for name, parts in DERIVED.items():
         if name in have:
@@ -304,6 +304,4 @@ def _with_derived(t: pa.Table) -> pa.Table:
                 total = col if total is None else total + col
         if total is not None:
             added[name] = pa.array(total, pa.uint64())
-    if not added:
-        return t
-    return pa.Table.from_arrays(t.columns + list(added.values()), names=names + list(added))
+    return _appended(t, added)

@@ -8,9 +8,10 @@ own queue and comes back with one ``call_soon_threadsafe``.
 
 The idle threads form a stack: the thread that finished last takes the next job. One shared queue
 woke its waiters in turn, so back-to-back dashboard queries each ran on a thread that had slept
-through the last five (cold caches, chDB's per-thread state rebuilt); pinned to one thread the
-datasource's overhead over the bare query went from 5.2 % to 4.6 % (bench/datasource.py, medians of
-four interleaved runs). Threads start when a job finds none idle, up to ``threads``.
+through the last five (cold caches, chDB's per-thread state rebuilt). With the stack, the
+datasource's overhead over the bare query went from 6.3 % to 5.4 % (5.7 % to 2.6 % for a repeated
+statement; bench/datasource.py, medians of five interleaved runs each). Threads start when a job
+finds none idle, up to ``threads``.
 """
 
 from __future__ import annotations

@@ -86,11 +86,6 @@ class _Cache:
         with self._lock:
             self.hits += 1
 
-    def peek(self, key):
-        """The value without counting a hit or refreshing its place (for updates)."""
-        with self._lock:
-            return self._data.get(key)
-
     def put(self, key, value) -> None:
         with self._lock:
             self._data[key] = value
@@ -138,7 +133,7 @@ def translate(sql: str, db: str | None, data_precision: str | None = None, *,
         skey = (db, precision, language, shape.skeleton)
         _lifted.put(skey, tmpl.lifted)
         tkey = (*skey, tmpl.lifted, shape.fixed(tmpl.lifted))
-        _templates.put(tkey, _with_template(_templates.peek(tkey), tmpl))
+        _templates.put(tkey, _with_template(_templates.get(tkey, count=False), tmpl))
     _exact.put(key, tr)
     return tr
 
