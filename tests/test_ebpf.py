@@ -9,6 +9,7 @@ Root-only for the tracing tests (skipped with the reason when not root or eBPF i
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -251,6 +252,45 @@ def test_a_reused_fd_does_not_give_a_connection_another_ones_ports() -> None:
     server = {r["request_resource"]: r["client_port"] for r in rows if r["observation_point"] == "s-p"}
     assert server == {"/first": port1, "/second": port2}
     assert client == server
+
+
+def _bpf_fds() -> int:
+    """This process's open BPF program, link and perf-event fds (attached tracepoints hold them)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        n += target in ("anon_inode:bpf-prog", "anon_inode:bpf_link", "anon_inode:[perf_event]")
+    return n
+
+
+@needs_ebpf
+def test_a_load_interrupted_by_a_signal_is_tried_again_and_leaves_nothing_behind(monkeypatch) -> None:
+    """The verifier returns EAGAIN when a signal arrives while it runs; bcc gives up then, with the
+    programs it had attached so far still attached. The tracer loads again (the ring buffer, not
+    the perf-buffer fallback) and the failed attempt's programs are gone."""
+    bcc = tracer_mod.import_bcc()
+    real, calls = bcc.BPF.load_func, []
+
+    def interrupted(self, func_name, prog_type, *a, **kw):
+        calls.append(func_name)
+        if len(calls) == 3:                     # the first attempt's third program
+            raise Exception(f"Failed to load BPF program {func_name!r}: {os.strerror(errno.EAGAIN)}")
+        return real(self, func_name, prog_type, *a, **kw)
+
+    monkeypatch.setattr(bcc.BPF, "load_func", interrupted)
+    before = _bpf_fds()
+    tracer = tracer_mod.Tracer(lambda e: None, comm=_prefix())
+    try:
+        assert len(calls) > 3                   # loaded again after the interruption
+        if tracer_mod.platform.machine() == "x86_64":
+            assert tracer.ring is not None      # a signal is no reason to fall back to perf buffers
+        assert _bpf_fds() > before
+    finally:
+        tracer.close()
+    assert _bpf_fds() == before
 
 
 def test_degrades_without_bcc(monkeypatch, caplog) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import errno
 import logging
 import mmap
 import os
@@ -72,6 +73,29 @@ def prepare_system() -> None:
                     os.symlink(common, build[:-5] + "source")
             except OSError as e:
                 log.debug("kernel headers link: %s", e)
+
+
+LOAD_TRIES = 4       # libbpf loads again when a signal interrupted the verifier; bcc does not
+
+
+def load_bpf(bcc, text: bytes):
+    """``bcc.BPF(text)``, tried again when a signal interrupted the verifier (EAGAIN: a handled
+    signal, a profiler attaching), and never leaving a failed attempt's programs behind: bcc attaches
+    each tracepoint as it loads it and detaches them only at exit, so a load that failed halfway
+    would go on running the first half on every traced syscall."""
+    attempt = 0
+    while True:
+        attempt += 1
+        b = bcc.BPF.__new__(bcc.BPF)             # held here, so a failed __init__ can be cleaned up
+        try:
+            b.__init__(text=text, cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
+            return b
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                b.cleanup()
+            if attempt == LOAD_TRIES or os.strerror(errno.EAGAIN) not in str(e):
+                raise
+            log.info("eBPF program load interrupted (%s): loading again", e)
 
 
 BPF_TEXT = r"""
@@ -612,8 +636,7 @@ class Tracer:
         self.ring: RingReader | None = None
         for ring in ((1, 0) if platform.machine() == "x86_64" else (0,)):
             try:
-                self.bpf = bcc.BPF(text=(BPF_TEXT % dict(params, ringbuf=ring)).encode(),
-                                   cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
+                self.bpf = load_bpf(bcc, (BPF_TEXT % dict(params, ringbuf=ring)).encode())
                 break
             except Exception as e:      # compile or load refused (a ring buffer needs kernel ≥ 5.8)
                 if not ring:
