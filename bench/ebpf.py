@@ -4,7 +4,9 @@ with the tracer off, on, and loaded with a consumer that only drains the buffer,
 
 Figures:
 - requests traced per second of tracer CPU (one core) and the tracer's CPU per 1k requests, in
-  steady state (the collector is warmed up first: imports, caches);
+  steady state (the collector is warmed up first: imports, caches); the tracer's CPU is its
+  thread's, from before the load to its last flush (rows to a sink that drops them: storage is
+  bench/insert.py's figure);
 - the added client latency with the tracer on, and with only the kernel side on (the consumer
   drains and drops the records: the programs' cost on the traced syscalls, without userspace
   competing for the cores); the load's CPU (client + server, the programs run in their syscalls);
@@ -106,21 +108,23 @@ class Null:
 
 
 def traced(prefix: str, n: int, pin: bool = False) -> dict:
-    """One run with the whole collector on: wall, load CPU, tracer CPU, rows, events, losses."""
+    """One run with the whole collector on, its default flush interval: wall, load CPU, the tracer
+    thread's CPU (ring reads, parsing, flushes, the final one included), rows, events, losses."""
     sink = Null()
-    col = EbpfCollector(sink, comm=prefix, flush_interval_s=0.5)
+    col = EbpfCollector(sink, comm=prefix)
     if not col.start():
         raise EbpfUnavailable(col.error)
     try:
-        cpu0 = self_cpu()
+        time.sleep(0.05)
+        cpu0 = col.cpu_s
         wall, load = run(prefix, n, pin)
         deadline = time.monotonic() + 30
         while sink.rows + len(col.sessions.rows) < 2 * n and time.monotonic() < deadline:
             time.sleep(0.05)
-        cpu = self_cpu() - cpu0
         snap = col.snapshot()
     finally:
         col.stop()
+    cpu = col.cpu_s - cpu0
     lost = snap.get("events lost (perf buffer full)", 0) + snap.get("kernel submit failed", 0)
     print(f"  spilled to the perf buffer: {snap.get('events spilled (ring refused)', 0)}", file=sys.stderr) \
         if snap.get("events spilled (ring refused)") else None

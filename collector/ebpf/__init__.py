@@ -36,6 +36,7 @@ class EbpfCollector:
         self.tracer = self.sessions = self.app_metrics = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.cpu_s = 0.0                # the tracer thread's CPU time (read, parse, flush), kept current
         self.error = ""
 
     def start(self) -> bool:
@@ -100,11 +101,13 @@ class EbpfCollector:
             except Exception as e:  # nor one bad batch of rows: the ring would fill up unread
                 self.stats["flush errors"] += 1
                 log.warning("eBPF rows not written: %s", e, exc_info=True)
+            self.cpu_s = time.thread_time()
         # drain what the kernel queued, then every pending request
         for _ in range(3):
             self.tracer.poll(0)
         self.sessions.close_all()
         self.flush(final=True)
+        self.cpu_s = time.thread_time()
 
     def flush(self, final: bool = False) -> None:
         """Rows to l7_flow_log; their counts to application[_map] 1s, and 1m once a minute is
@@ -137,6 +140,7 @@ class EbpfCollector:
 
     def snapshot(self) -> dict:
         out = dict(self.stats)
+        out["tracer CPU ms"] = round(self.cpu_s * 1000)
         if self.sessions is not None:
             out.update(self.sessions.stats)
             out["sockets tracked"] = len(self.sessions.socks)
