@@ -29,8 +29,9 @@ from collector.ebpf.tracer import (
     parse_connected,
     parse_sockaddr,
 )
-from collector.flow.report import FS_KEY, L7_COLUMNS, L7_FLOW, L7_RECORD, l7_record
-from collector.l7.base import CLIENT_ERROR, MASK32, REQUEST, RESPONSE, SERVER_ERROR, TIMEOUT, GiveUp
+from collector.flow.model import SEC
+from collector.flow.report import FS_KEY, L7_COLUMNS, L7_FLOW, L7_RECORD, l7_record, l7_session_record
+from collector.l7.base import CLIENT_ERROR, MASK32, REQUEST, RESPONSE, SERVER_ERROR, SESSION, TIMEOUT, GiveUp
 from collector.l7.registry import MAX_ATTEMPTS, Detector
 from collector.l7.session import Sessions
 
@@ -86,11 +87,13 @@ class EbpfSessions:
         self.threads: dict[int, list] = {}       # tid → [last direction, trace id]
         self.connects: dict[tuple, deque] = {}   # server (addr, port) → client sockets missing their local end
         self.rows: list[tuple] = []
-        self.app_rows: list[tuple] | None = [] if metrics else None   # application metrics input
+        # application metrics input: counts by (socket, second, protocol, endpoint)
+        self.app_acc: dict[tuple, list[int]] | None = {} if metrics else None
         self.stats: Counter[str] = Counter()
         self._trace_seq = 0
         self._row_seq = 0
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
+        self._trace_base = (agent_id & 0xFFFF) << 48 | (self.mono_to_wall_ns // 1_000_000_000 & 0xFFFF) << 32
 
     # -- events ---------------------------------------------------------------------------------
     def handle(self, e) -> None:
@@ -131,7 +134,6 @@ class EbpfSessions:
         if th is None:
             if len(self.threads) > 100_000:
                 self.threads.clear()
-            self._trace_seq += 1
             th = self.threads[tid] = [d, self._trace_new()]
         elif not egress and th[0] == EGRESS:
             th[1] = self._trace_new()
@@ -151,7 +153,7 @@ class EbpfSessions:
         seq = seqs[d]
         seqs[d] = (seq + length) & MASK32
         msgs = parser.feed(data, length, egress == st.is_client, (ts + self.mono_to_wall_ns) // 1000, seq)
-        if isinstance(msgs, GiveUp):
+        if msgs.__class__ is GiveUp:
             self.stats[f"gave up: {msgs}"] += 1
             st.dead = True
             return
@@ -160,9 +162,10 @@ class EbpfSessions:
         out: list = []
         req_dir = EGRESS if st.is_client else 1 - EGRESS
         meta, run_meta, sessions = st.meta, st.run_meta, st.sessions
-        for m in msgs:
-            if st.tls:
+        if st.tls:
+            for m in msgs:
                 m.is_tls = 1
+        for m in msgs:
             t = m.type
             meta[id(m)] = run_meta[req_dir if t == REQUEST else 1 - req_dir if t == RESPONSE else d]
             sessions.add(m, out)
@@ -317,9 +320,9 @@ class EbpfSessions:
             self.stats["sockets with unresolved local address"] += 1
 
     def _trace_new(self) -> int:
-        self._trace_seq += 1
-        return (self.agent_id & 0xFFFF) << 48 | (self.mono_to_wall_ns // 1_000_000_000 & 0xFFFF) << 32 | (
-            self._trace_seq & 0xFFFFFFFF)
+        """A new syscall trace id: the agent, the tracer's start second, then a sequence number."""
+        self._trace_seq = seq = self._trace_seq + 1
+        return self._trace_base | (seq & 0xFFFFFFFF)
 
     def _detect(self, st: SockState, payload: bytes, egress: bool) -> bool:
         info = st.info
@@ -363,22 +366,56 @@ class EbpfSessions:
     def _records(self, st: SockState, out: list) -> None:
         if not out:
             return
-        if st.flow is None:
-            st.flow = self._flow_part(st)
-        flow, pid, comm, meta, protocol = st.flow, st.tgid, st.comm, st.meta, st.protocol
+        flow = st.flow
+        if flow is None:
+            flow = st.flow = self._flow_part(st)
+        pid, comm, meta, protocol = st.tgid, st.comm, st.meta, st.protocol
         side = (pid, 0, comm, "") if st.is_client else (0, pid, "", comm)
-        rows, app_rows, row_seq = self.rows, self.app_rows, self._row_seq
+        rows, acc, row_seq = self.rows, self.app_acc, self._row_seq
         for kind, req, resp, status in out:
             row_seq += 1
-            rq = meta.pop(id(req), NO_META) if req is not None else NO_META
-            rs = meta.pop(id(resp), NO_META) if resp is not None and resp is not req else (
-                rq if resp is not None else NO_META)
-            rec = l7_record(kind, req, resp, status, protocol, 0, 0)
-            t = rec[0]      # the row id: its time's second, then a sequence number
-            rows.append((*flow, t, t << 32 | (row_seq & 0xFFFFFFFF), *rec[2:], *side, rq[0], rs[0], rq[1], rs[1], rq[2],
-                         rs[2]))
-            if app_rows is not None:
-                app_rows.append(_app_row(flow, rec, req, resp))
+            if kind == SESSION and status is None and req is not resp:
+                # a request paired with its response, the common record
+                rq, rs = meta.pop(id(req), NO_META), meta.pop(id(resp), NO_META)
+                t = resp.ts // SEC          # the row id: its time's second, then a sequence number
+                rec = l7_session_record(req, resp, protocol, t << 32 | (row_seq & MASK32), 0)
+                n_req = n_resp = has_rrt = 1
+            else:
+                rq = meta.pop(id(req), NO_META) if req is not None else NO_META
+                rs = meta.pop(id(resp), NO_META) if resp is not None and resp is not req else (
+                    rq if resp is not None else NO_META)
+                t = (resp if resp is not None else req).ts // SEC
+                rec = l7_record(kind, req, resp, status, protocol, t << 32 | (row_seq & MASK32), 0)
+                n_req = 1 if req is not None else 0
+                n_resp = 1 if resp is not None else 0
+                has_rrt = 1 if n_req and n_resp and req is not resp else 0
+            rows.append(flow + rec + side + (rq[0], rs[0], rq[1], rs[1], rq[2], rs[2]))
+            if acc is None:
+                continue
+            # this second's application counts per (socket, protocol, endpoint): request, response,
+            # client error, server error, timeout, rrt sum, count, max
+            st_ = rec[_STATUS]
+            rrt = rec[_RRT] if has_rrt else 0
+            key = (st, t, rec[_PROTO], rec[_ENDPOINT])
+            c = acc.get(key)
+            if c is None:
+                acc[key] = [n_req, n_resp, 1 if n_resp and st_ == CLIENT_ERROR else 0,
+                            1 if n_resp and st_ == SERVER_ERROR else 0, 1 if st_ == TIMEOUT else 0, rrt, has_rrt, rrt]
+                continue
+            c[0] += n_req
+            c[1] += n_resp
+            if st_:
+                if n_resp and st_ == CLIENT_ERROR:
+                    c[2] += 1
+                elif n_resp and st_ == SERVER_ERROR:
+                    c[3] += 1
+                elif st_ == TIMEOUT:
+                    c[4] += 1
+            if has_rrt:
+                c[5] += rrt
+                c[6] += 1
+                if rrt > c[7]:
+                    c[7] = rrt
         self.stats["rows"] += row_seq - self._row_seq
         self._row_seq = row_seq
 
@@ -408,25 +445,21 @@ class EbpfSessions:
         return rows
 
     def take_app_rows(self) -> list[tuple]:
-        """The application-metrics input of the rows made since the last call (APP_COLUMNS)."""
-        rows, self.app_rows = self.app_rows, []
-        return rows
+        """The application-metrics input (APP_COLUMNS) of the rows made since the last call: one
+        row per socket, second, protocol and endpoint (the aggregator sums them further)."""
+        acc = self.app_acc
+        if not acc:
+            return []
+        self.app_acc = {}
+        out = []
+        for (st, t, protocol, endpoint), c in acc.items():
+            flow = st.flow if st.flow is not None else self._flow_part(st)
+            out.append((t, *_MKEY(flow), protocol, endpoint, *c, flow[_SCORE]))
+        return out
 
 
 # the metrics key (collector.flow.report.FS_KEY) out of an l7_flow_log flow part (L7_FLOW)
 _MKEY = itemgetter(*(L7_FLOW.index(c) for c in FS_KEY))
 _SCORE = L7_FLOW.index("direction_score")
-_TIME, _RRT, _PROTO, _ENDPOINT, _STATUS = (L7_RECORD.index(c) for c in (
-    "time", "response_duration", "l7_protocol", "endpoint", "response_status"))
-
-
-def _app_row(flow: tuple, rec: tuple, req, resp) -> tuple:
-    """One record's application-metrics input row (APP_COLUMNS: key, then request, response,
-    client/server error, timeout, rrt sum/count/max, direction_score)."""
-    status = rec[_STATUS]
-    n_resp = 1 if resp is not None else 0
-    has_rrt = 1 if n_resp and req is not None and req is not resp else 0
-    rrt = rec[_RRT] * has_rrt
-    return ((rec[_TIME],) + _MKEY(flow) + (rec[_PROTO], rec[_ENDPOINT], 1 if req is not None else 0, n_resp,
-            1 if n_resp and status == CLIENT_ERROR else 0, 1 if n_resp and status == SERVER_ERROR else 0,
-            1 if status == TIMEOUT else 0, rrt, has_rrt, rrt, flow[_SCORE]))
+_RRT, _PROTO, _ENDPOINT, _STATUS = (L7_RECORD.index(c) for c in (
+    "response_duration", "l7_protocol", "endpoint", "response_status"))
