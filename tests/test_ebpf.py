@@ -152,7 +152,34 @@ def traced():
 
 @needs_ebpf
 def test_http_each_request_once_per_process_side(traced) -> None:
-    prefix, writer, col = traced
+    release = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
+    if release >= (5, 11):
+        assert traced[2].tracer.task_storage     # the threads' state in task storage, not a hash
+    _check_http(*traced)
+
+
+@needs_ebpf
+def test_http_with_a_hash_for_the_threads_state(monkeypatch) -> None:
+    """Kernels before 5.11 have no task storage: the programs keep each thread's syscall (and SSL
+    call) in progress in hash maps instead, with the same rows."""
+    real = tracer_mod.load_bpf
+
+    def no_task_storage(bcc, text: bytes):
+        if b"#if 1\nstruct task_t" in text:
+            raise Exception("task storage refused (simulated)")
+        return real(bcc, text)
+
+    monkeypatch.setattr(tracer_mod, "load_bpf", no_task_storage)
+    gen = tracing()
+    prefix, writer, col = next(gen)
+    try:
+        assert col.tracer.task_storage is False
+        _check_http(prefix, writer, col)
+    finally:
+        gen.close()
+
+
+def _check_http(prefix: str, writer: ListWriter, col: EbpfCollector) -> None:
     srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True)
     _SERVERS.append(srv)
     port = int(srv.stdout.readline())
