@@ -46,10 +46,9 @@ class EbpfCollector:
         from collector.writer import RowBatch  # noqa: F401 - imported now, not in the first flush: the
         # ring is not drained while the tracer thread imports (~0.3 s here)
 
-        sessions = None
         try:
             cfg = self.settings
-            self.tracer = Tracer(lambda e: sessions.handle(e), pids=self.pids, comm=self.comm,
+            self.tracer = Tracer(None, pids=self.pids, comm=self.comm,      # callback: the sessions', below
                                  payload=cfg.payload_bytes, pages=cfg.perf_pages,
                                  tls_libs=cfg.tls_libraries if cfg.tls else [])
         except EbpfUnavailable as e:
@@ -66,6 +65,7 @@ class EbpfCollector:
                                                 agent_id=self.agent_id, tagger=self.tagger, metrics=self.metrics,
                                                 max_events_per_s=cfg.max_events_per_s, max_sockets=cfg.max_sockets,
                                                 max_pending=cfg.max_pending)
+        self.tracer.callback = sessions.handle          # bound directly: no extra frame per event
         if self.metrics:
             from collector.metrics import MetricsAggregator
             from collector.tagging import TagRegistry

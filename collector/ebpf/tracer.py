@@ -652,7 +652,7 @@ _RECORD = struct.Struct("<I4x" + HEADER.format[1:])      # the ring's header wor
 
 class Tracer:
     """Loads the program and turns ring (or perf) buffer records into ``Event`` objects for
-    ``callback``. A BPF ring buffer (one for all CPUs, records in the order they were made, read
+    ``callback`` (which may be set after construction, before the first ``poll``). A BPF ring buffer (one for all CPUs, records in the order they were made, read
     in bulk through mmap) where the kernel and CPU allow it; per-CPU perf buffers otherwise.
 
     Raises ``EbpfUnavailable`` (with the reason) when bcc, privileges or the kernel say no."""

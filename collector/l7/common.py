@@ -23,10 +23,10 @@ def http_endpoint(path: str, *, depth: int = 2, strip_ids: bool = True) -> str:
     p = path.split("?", 1)[0].split("#", 1)[0]
     if not p.startswith("/"):
         return p[:256]
-    segs = [s for s in p.split("/") if s]
+    segs = [s for s in p.split("/") if s][:depth]
     if strip_ids:
         segs = ["{id}" if _ID_SEGMENT.match(s) else s for s in segs]
-    return "/" + "/".join(segs[:depth]) if segs else "/"
+    return "/" + "/".join(segs) if segs else "/"
 
 
 def trace_context(headers: dict[str, str]) -> tuple[str, str, str]:
