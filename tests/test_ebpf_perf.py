@@ -2,7 +2,8 @@
 root, no bcc): records come out as ``Event`` tuples in order; a discarded record is skipped; a
 record still being written (busy) stops the read and comes out once committed; a record that
 wraps past the end is read whole (the kernel maps the data pages twice); the consumer position is
-written back for the kernel.
+written back for the kernel. Records the ring refused come through the spill (perf) buffer and
+must still come out in their thread's order.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections import Counter
 
 import pytest
 
-from collector.ebpf.tracer import EGRESS, FLAG_TLS, HEADER, INGRESS, Event, RingReader
+from collector.ebpf.tracer import EGRESS, FLAG_TLS, HEADER, INGRESS, Event, RingReader, Tracer
 
 PG = mmap.PAGESIZE
 SIZE = 4 * PG                # the ring's data size (a power of two)
@@ -108,3 +110,64 @@ def test_a_record_wrapping_past_the_end_is_read_whole(ring: FakeRing) -> None:
     assert [(e.ts, e.data) for e in out] == [(n, payload)]
     assert ring.consumer() == ring.prod > SIZE
     reader.close()
+
+
+class SpillingTracer:
+    """A ``Tracer`` on a fake ring (no bcc): ``spill`` events come out of the spill buffer at the
+    next consume, and ``during_consume`` runs inside it (a producer committing meanwhile)."""
+
+    def __init__(self, ring: FakeRing) -> None:
+        self.tracer = t = Tracer.__new__(Tracer)
+        t.ring, t.bpf, t.stats = RingReader(ring.fd, SIZE), self, Counter()
+        t._batch, t._held, t._cut, t._ring_busy = [], [], None, SIZE
+        self.got: list[int] = []
+        t.callback = lambda e: self.got.append(e.ts)
+        self.spill: list[Event] = []
+        self.during_consume = lambda: None
+
+    def perf_buffer_consume(self) -> None:
+        self.during_consume()
+        self.tracer._batch += self.spill
+        self.spill = []
+
+
+def _spilled(ts: int) -> Event:
+    raw = _event(ts, 5, INGRESS, b"x")
+    return Event(*HEADER.unpack_from(raw), raw[HEADER.size:])
+
+
+def test_a_spilled_record_takes_its_place_among_the_ring_records(ring: FakeRing) -> None:
+    st = SpillingTracer(ring)
+    ring.put(_event(1, 5, EGRESS, b"a"))
+    ring.put(_event(3, 5, EGRESS, b"c"))
+    st.spill = [_spilled(2)]
+    # the spilling thread's next record reaches the ring while the spill buffer is read
+    st.during_consume = lambda: ring.put(_event(4, 5, EGRESS, b"d"))
+    st.tracer.poll(0)
+    assert st.got == [1, 2, 3, 4]
+    assert st.tracer.stats["events spilled (ring refused)"] == 1 and st.tracer.stats["events"] == 4
+
+
+def test_a_spilled_record_waits_for_the_records_reserved_before_it(ring: FakeRing) -> None:
+    """A record reserved before the spilled one but not committed yet (another CPU still writing
+    it) stops the ring read: the spilled record and everything after it wait for the next poll."""
+    st = SpillingTracer(ring)
+    ring.put(_event(1, 5, EGRESS, b"a"))
+    ev = _event(3, 5, EGRESS, b"b")
+    busy_at = ring.put(ev, BUSY)
+    ring.put(_event(4, 5, EGRESS, b"c"))
+    st.spill = [_spilled(5)]
+    st.tracer.poll(0)
+    assert st.got == [1]
+    ring.set_flags(busy_at, len(ev), 0)             # committed
+    ring.put(_event(6, 5, EGRESS, b"d"))
+    st.tracer.poll(0)
+    assert st.got == [1, 3, 4, 5, 6] and st.tracer._held == []
+
+
+def test_drain_hands_over_what_was_kept_back(ring: FakeRing) -> None:
+    st = SpillingTracer(ring)
+    ring.put(_event(1, 5, EGRESS, b"a"), BUSY)      # never committed
+    st.spill = [_spilled(2)]
+    st.tracer.drain()
+    assert st.got == [2]

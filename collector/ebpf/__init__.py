@@ -103,8 +103,7 @@ class EbpfCollector:
                 log.warning("eBPF rows not written: %s", e, exc_info=True)
             self.cpu_s = time.thread_time()
         # drain what the kernel queued, then every pending request
-        for _ in range(3):
-            self.tracer.poll(0)
+        self.tracer.drain()
         self.sessions.close_all()
         self.flush(final=True)
         self.cpu_s = time.thread_time()

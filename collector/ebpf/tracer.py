@@ -22,6 +22,7 @@ import socket
 import struct
 import sys
 import time
+from bisect import bisect_left
 from collections import Counter, namedtuple
 from dataclasses import dataclass
 from operator import itemgetter
@@ -618,6 +619,7 @@ class RingReader:
         self.producer = mmap.mmap(map_fd, pg + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=pg)
         self.mask, self.base = size - 1, pg
         self.pos = _U64.unpack_from(self.consumer, 0)[0]
+        self.stalled = False        # the last read stopped at a record reserved but not committed yet
 
     def read(self, out: list) -> int:
         """Append every committed record as an ``Event``; the bytes consumed."""
@@ -625,11 +627,13 @@ class RingReader:
         start = cons = self.pos
         end = _U64.unpack_from(mm, 0)[0]
         unpack, append, new = _RECORD.unpack_from, out.append, _new_event
+        self.stalled = False
         while cons < end:
             o = base + (cons & mask)
             n, *head = unpack(mm, o)           # the ring's length word first: read before the record
             if n & _RING_FLAGS:
                 if n & _RING_BUSY:
+                    self.stalled = True
                     break
                 n &= ~_RING_DISCARD
             else:
@@ -700,6 +704,8 @@ class Tracer:
         self.counters = self.bpf[b"counters"]
         self.known: dict[tuple[int, int], int] = {}     # (tgid, fd) → socket inode (0: not a socket)
         self._batch: list[Event] = []
+        self._held: list[Event] = []        # ring and spilled records kept back for order (_read_ring)
+        self._cut: int | None = None        # the earliest spilled record not handed over yet
         self.stats["sockets seeded from /proc"] = self.seed(pids)
         self.tls_attached = self.attach_tls(find_libssl() if tls_libs is None else tls_libs)
 
@@ -775,14 +781,7 @@ class Tracer:
         each, then sorted by timestamp: an accept on one CPU and the first read of its socket on
         another must not come out swapped."""
         if self.ring is not None:
-            batch: list[Event] = []
-            used = self.ring.read(batch)
-            self.bpf.perf_buffer_poll(timeout=0)        # the spill buffer, after the ring
-            if self._batch:
-                self.stats["events spilled (ring refused)"] += len(self._batch)
-                batch += self._batch
-                self._batch = []
-                batch.sort(key=_ts)
+            batch, used = self._read_ring()
         else:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
             batch, self._batch = self._batch, []
@@ -794,6 +793,42 @@ class Tracer:
                 callback(e)
         if self.ring is not None and timeout_ms > 0 and used < self._ring_busy:
             time.sleep(min(timeout_ms / 1000, self.POLL_INTERVAL_S))
+
+    def drain(self) -> None:
+        """Hand over everything queued, the records kept back for order included (stopping)."""
+        for _ in range(3):
+            self.poll(0)
+        held, self._held, self._cut = self._held, [], None
+        self.stats["events"] += len(held)
+        for e in held:
+            self.callback(e)
+
+    def _read_ring(self) -> tuple[list[Event], int]:
+        """The ring's committed records and the spilled ones (perf buffer), each in its place: a
+        spilled record must not overtake one its thread wrote before it. So the spill buffer is
+        read after the ring (``consume``: not waiting for its wake-up, which lags and let spilled
+        records out a poll late, reordering a socket's data), then the ring again, which now holds
+        whatever preceded the spilled records. If that read stops at a record still being written,
+        the records from the earliest spilled one on wait for the next poll."""
+        ring = self.ring
+        batch, self._held = self._held, []
+        used = ring.read(batch)
+        self.bpf.perf_buffer_consume()
+        if self._batch:
+            spilled, self._batch = self._batch, []
+            self.stats["events spilled (ring refused)"] += len(spilled)
+            used += ring.read(batch)
+            cut = min(map(_ts, spilled))
+            self._cut = cut if self._cut is None else min(self._cut, cut)
+            batch += spilled
+        if self._cut is not None:
+            batch.sort(key=_ts)
+            if ring.stalled:
+                i = bisect_left(batch, self._cut, key=_ts)
+                batch, self._held = batch[:i], batch[i:]
+            else:
+                self._cut = None
+        return batch, used
 
     def kernel_counters(self) -> dict[str, int]:
         vals = [sum(self.counters[ct.c_int(i)]) for i in range(4)]      # per-CPU values
