@@ -63,6 +63,44 @@ def test_events_budget_sheds_new_sockets_and_restarts_busy_ones() -> None:
     assert [r["type"] for r in _rows(s)] == [2, 2] and s.stats["events shed (over budget)"] == 4
 
 
+def test_a_lost_event_costs_a_few_requests_not_the_connection() -> None:
+    """A keep-alive connection whose body event never arrived (ring overrun, a torn syscall): the
+    parser reads the next status line as that body's end and gives up. The socket had made rows, so
+    it is parsed again from its next payload on, and only the requests around the loss go."""
+    s = EbpfSessions(lambda tgid, fd: None)
+    t = 100 * SEC
+    _connect(s, 3, t)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    for i in range(10):
+        ts = t + i * 10_000_000
+        s.handle(_ev(3, EGRESS, REQ, ts))
+        s.handle(_ev(3, INGRESS, head, ts + 1000))
+        if i != 4:                          # the 5th response's body event is lost
+            s.handle(_ev(3, INGRESS, b"ok", ts + 2000))
+    s.close_all()
+    rows = _rows(s)
+    assert s.stats["gave up: http1: bad status line b'TP/1.1 200 OK'"] == 1
+    assert s.stats["sockets restarted (parser gave up)"] == 1
+    sessions = [r for r in rows if r["type"] == 2]
+    assert len(sessions) == 9               # requests 1-5 and 7-10; the 6th one's response was misread
+    assert [r["type"] for r in rows].count(0) == 1 and rows[5]["response_status"] == UNKNOWN   # the 6th request
+
+
+def test_a_socket_that_gives_up_before_any_row_stays_dead() -> None:
+    """A parser that gives up before it ever made a row is the wrong protocol, not a lost event:
+    the socket is not parsed again."""
+    s = EbpfSessions(lambda tgid, fd: None)
+    t = 100 * SEC
+    _connect(s, 3, t)
+    s.handle(_ev(3, EGRESS, REQ, t))
+    s.handle(_ev(3, INGRESS, b"HTTP/9 what\r\n\r\n", t + 1000))
+    for i in range(3):
+        _exchange(s, 3, t + (i + 1) * SEC)
+    s.close_all()
+    assert not [r for r in _rows(s) if r["type"] == 2]
+    assert "sockets restarted (parser gave up)" not in s.stats
+
+
 def test_no_budget_means_no_shedding() -> None:
     s = EbpfSessions(lambda tgid, fd: None)
     _connect(s, 3, SEC)

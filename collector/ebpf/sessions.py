@@ -48,8 +48,8 @@ NO_META = (0, 0, 0)
 
 
 class SockState:
-    __slots__ = ("comm", "dead", "fd", "flow", "info", "is_client", "last_dir", "meta", "nsys", "parser", "protocol",
-                 "run_meta", "seq", "sessions", "tgid", "tls", "tries")
+    __slots__ = ("comm", "dead", "fd", "flow", "info", "is_client", "last_dir", "meta", "nsys", "parser", "progress",
+                 "protocol", "run_meta", "seq", "sessions", "tgid", "tls", "tries")
 
     def __init__(self, tgid: int, comm: str, info: SockInfo | None) -> None:
         self.tgid, self.comm, self.info = tgid, comm, info
@@ -59,6 +59,7 @@ class SockState:
         self.protocol = 0
         self.is_client = True
         self.tries = 0
+        self.progress = False             # rows made since the parser (re)started
         self.seq = [0, 0]
         self.last_dir = -1
         self.run_meta = [NO_META, NO_META]
@@ -155,7 +156,14 @@ class EbpfSessions:
         msgs = parser.feed(data, length, egress == st.is_client, (ts + self.mono_to_wall_ns) // 1000, seq)
         if msgs.__class__ is GiveUp:
             self.stats[f"gave up: {msgs}"] += 1
-            st.dead = True
+            if st.progress:
+                # the parser had made rows since it started: more likely an event lost than a
+                # socket that is not this protocol, so parse again from the next payload (a
+                # keep-alive connection would lose every later request otherwise)
+                self._start_over(st, ts)
+                self.stats["sockets restarted (parser gave up)"] += 1
+            else:
+                st.dead = True
             return
         if not msgs:
             return
@@ -222,16 +230,23 @@ class EbpfSessions:
         if st is not None and st.parser is not None:
             if self._win_n <= 2 * self.budget:
                 return False
-            out: list = []
-            st.sessions.close((e.ts + self.mono_to_wall_ns) // 1000, out, False)
-            self._records(st, out)
-            st.parser = st.sessions = None
-            st.tries = 0
+            self._start_over(st, e.ts)
             self.stats["sockets restarted (over budget)"] += 1
         if st is not None:
             st.seq[e.dir] = (st.seq[e.dir] + e.len) & MASK32
         self.stats["events shed (over budget)"] += 1
         return True
+
+    def _start_over(self, st: SockState, ts_ns: int) -> None:
+        """Forget the socket's parser: what it had pending is reported UNKNOWN, and the next
+        payload is detected again (a syscall's payload usually starts a message)."""
+        if st.sessions is not None:
+            out: list = []
+            st.sessions.close((ts_ns + self.mono_to_wall_ns) // 1000, out, False)
+            self._records(st, out)
+        st.parser = st.sessions = None
+        st.tries = 0
+        st.progress = False
 
     def _evict(self, st: SockState, out: list) -> None:
         """More requests awaiting a response than ``max_pending``: the oldest are reported UNKNOWN."""
@@ -366,6 +381,7 @@ class EbpfSessions:
     def _records(self, st: SockState, out: list) -> None:
         if not out:
             return
+        st.progress = True
         flow = st.flow
         if flow is None:
             flow = st.flow = self._flow_part(st)
