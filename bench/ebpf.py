@@ -11,7 +11,9 @@ Figures:
   drains and drops the records: the programs' cost on the traced syscalls, without userspace
   competing for the cores); the load's CPU (client + server, the programs run in their syscalls);
 - the same off/on pair with the load pinned to CPU 0 and the tracer to CPU 1 (machines with 2+
-  CPUs): the added latency when the tracer does not compete with the load for a core.
+  CPUs): the added latency when the tracer does not compete with the load for a core;
+- the tracer's userspace alone: one run's events replayed through fresh sessions with nothing else
+  running (the code's own cost, apart from what sharing the machine with the load adds).
 
 Root + bcc only (python3-bpfcc).
 
@@ -133,6 +135,50 @@ def traced(prefix: str, n: int, pin: bool = False) -> dict:
             "gave_up": sum(v for k, v in snap.items() if k.startswith("gave up"))}
 
 
+def replayed(prefix: str, n: int, reps: int = 7) -> tuple[float, int]:
+    """The tracer's userspace alone: the events of one traced run, recorded, then handed to fresh
+    sessions (parse, pair, rows, application metrics) again and again with no load running. CPU µs
+    per request (median) and rows made: the code's own cost, without the load competing for the cores and caches
+    (on this 2-vCPU VM that competition alone makes the same code ~1.3–1.6× slower)."""
+    from collector.ebpf.sessions import EbpfSessions
+    from collector.metrics import MetricsAggregator
+    from collector.tagging import TagRegistry
+
+    events: list = []
+    sink = Null()
+    col = EbpfCollector(sink, comm=prefix)
+    if not col.start():
+        raise EbpfUnavailable(col.error)
+    try:
+        handle = col.sessions.handle
+
+        def record(e) -> None:
+            events.append(e)
+            handle(e)
+
+        col.tracer.callback = record
+        run(prefix, n)
+        deadline = time.monotonic() + 30
+        while sink.rows + len(col.sessions.rows) < 2 * n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        col.stop()
+    times, rows = [], 0
+    for _ in range(reps):
+        sessions = EbpfSessions(lambda tgid, fd: None)     # every socket of the run was opened while traced
+        metrics = MetricsAggregator(TagRegistry(), family="application")
+        t0 = time.thread_time()
+        handle = sessions.handle
+        for e in events:
+            handle(e)
+        sessions.close_all()
+        rows = len(sessions.take_rows())
+        metrics.add_seconds(sessions.take_app_rows())
+        metrics.flush(int(time.time()), final=True)
+        times.append(time.thread_time() - t0)
+    return med(times) * 1e6 / n, rows
+
+
 def kernel_only(prefix: str, n: int) -> dict:
     """One run with the programs attached and a consumer that drains the ring and drops every
     record: the kernel side's cost on the traced syscalls."""
@@ -217,14 +263,17 @@ def main() -> None:
     print(f"tracer: {us_per_req(ons, 'cpu'):.0f} µs CPU per request = {per_core:,.0f} requests/s per core, "
           f"{events_per_s:,.0f} events/s; rows {rows} (both sides), lost {lost}, shed {shed}, "
           f"sockets given up {gave_up}")
-    extra = {}
+    replay_us, replay_rows = replayed(prefix, n)
+    print(f"tracer userspace alone (one run's events replayed, no load running): {replay_us:.0f} µs CPU per "
+          f"request = {1e6 / replay_us:,.0f} requests/s per core; rows {replay_rows}")
+    extra = {"replay_figure": round(1e6 / replay_us), "replay_us_per_req": round(replay_us, 1)}
     if pinned_ons:
         added_pinned = med([pct(on["wall"], off["wall"]) for on, off in zip(pinned_ons, pinned_offs, strict=True)])
         per_core_pinned = med([r["rows"] / 2 / r["cpu"] for r in pinned_ons if r["cpu"]])
         print(f"pinned (load on CPU {LOAD_CPU}, tracer on CPU {TRACER_CPU}): off {n / m(pinned_offs, 'wall'):,.0f} "
               f"req/s, on {n / m(pinned_ons, 'wall'):,.0f} req/s; added latency {added_pinned:+.1f}%, "
               f"{per_core_pinned:,.0f} requests/s per tracer core")
-        extra = {"pinned_added_latency_pct": round(added_pinned, 1), "pinned_figure": round(per_core_pinned)}
+        extra |= {"pinned_added_latency_pct": round(added_pinned, 1), "pinned_figure": round(per_core_pinned)}
     print(json.dumps({"bench": "ebpf", "figure": round(per_core), "unit": "req/s per core traced (both sides)",
                       "baseline": "tracer off", "baseline_figure": round(n / m(offs, "wall")),
                       "ratio": round(m(ons, "wall") / m(offs, "wall"), 3), "added_latency_pct": round(added, 1),

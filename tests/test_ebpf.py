@@ -159,21 +159,25 @@ def test_http_each_request_once_per_process_side(traced) -> None:
 
 
 @needs_ebpf
-def test_http_with_a_hash_for_the_threads_state(monkeypatch) -> None:
+@pytest.mark.parametrize("refused", [("task storage",), ("task storage", "ring buffer")])
+def test_http_on_older_kernels(monkeypatch, refused: tuple[str, ...]) -> None:
     """Kernels before 5.11 have no task storage: the programs keep each thread's syscall (and SSL
-    call) in progress in hash maps instead, with the same rows."""
+    call) in progress in hash maps; before 5.8 no ring buffer either: per-CPU perf buffers. The
+    same rows either way."""
     real = tracer_mod.load_bpf
+    marks = {"task storage": b"#if 1\nstruct task_t", "ring buffer": b"#if 1\nBPF_RINGBUF_OUTPUT"}
 
-    def no_task_storage(bcc, text: bytes):
-        if b"#if 1\nstruct task_t" in text:
-            raise Exception("task storage refused (simulated)")
+    def older_kernel(bcc, text: bytes):
+        if any(marks[r] in text for r in refused):
+            raise Exception(f"refused (simulated): {refused}")
         return real(bcc, text)
 
-    monkeypatch.setattr(tracer_mod, "load_bpf", no_task_storage)
+    monkeypatch.setattr(tracer_mod, "load_bpf", older_kernel)
     gen = tracing()
     prefix, writer, col = next(gen)
     try:
         assert col.tracer.task_storage is False
+        assert (col.tracer.ring is None) == ("ring buffer" in refused)
         _check_http(prefix, writer, col)
     finally:
         gen.close()

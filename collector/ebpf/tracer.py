@@ -784,6 +784,7 @@ class Tracer:
             batch, used = self._read_ring()
         else:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
+            self.bpf.perf_buffer_consume()      # buffers whose wake-up lags: their records are there
             batch, self._batch = self._batch, []
             batch.sort(key=_ts)
         if batch:
