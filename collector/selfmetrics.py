@@ -57,6 +57,9 @@ class _SnapshotCollector:
         c = CounterMetricFamily("flowscope_insert_errors", "Failed ClickHouse inserts")
         c.add_metric([], s["insert_errors"])
         yield c
+        ebpf = s.get("ebpf")
+        if ebpf is not None:
+            yield from _ebpf_metrics(ebpf)
         md = s.get("metadata")
         if md:
             g = GaugeMetricFamily("flowscope_inventory_addresses", "Addresses the tagger knows")
@@ -76,3 +79,34 @@ def prometheus_text(snapshot: Callable[[], dict]) -> Callable[[], bytes]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snapshot))
     return lambda: generate_latest(registry)
+
+
+# eBPF tracer snapshot keys (collector.ebpf.EbpfCollector.snapshot) → why its events were not parsed
+_EBPF_LOST = {"events lost (perf buffer full)": "perf_buffer_full", "kernel submit failed": "kernel_submit_failed",
+              "events shed (over budget)": "over_budget"}
+
+
+def _ebpf_metrics(e: dict):
+    """The socket tracer's counters: what an operator alerts on (losses, CPU, sockets)."""
+    c = CounterMetricFamily("flowscope_ebpf_events", "Socket events the tracer read")
+    c.add_metric([], e.get("events", 0))
+    yield c
+    c = CounterMetricFamily("flowscope_ebpf_events_lost", "Socket events lost or shed", labels=["reason"])
+    for key, reason in _EBPF_LOST.items():
+        c.add_metric([reason], e.get(key, 0))
+    yield c
+    c = CounterMetricFamily("flowscope_ebpf_rows", "l7_flow_log rows made from socket events")
+    c.add_metric([], e.get("rows", 0))
+    yield c
+    c = CounterMetricFamily("flowscope_ebpf_parser_gave_up", "Sockets whose L7 parser gave up")
+    c.add_metric([], sum(v for k, v in e.items() if k.startswith("gave up")))
+    yield c
+    c = CounterMetricFamily("flowscope_ebpf_cpu_seconds", "CPU time of the tracer thread")
+    c.add_metric([], e.get("tracer CPU ms", 0) / 1000)
+    yield c
+    g = GaugeMetricFamily("flowscope_ebpf_sockets", "Sockets the tracer follows")
+    g.add_metric([], e.get("sockets tracked", 0))
+    yield g
+    g = GaugeMetricFamily("flowscope_ebpf_up", "1 while the tracer is attached, 0 when eBPF was unavailable")
+    g.add_metric([], 0 if e.get("ebpf unavailable") else 1)
+    yield g

@@ -573,7 +573,8 @@ def up(
         md.start()
         md.start_sync(lambda: storage.connect(cfg.clickhouse))
     stop = _stop_event()
-    metrics = prometheus_text(col.snapshot)
+    tracers: list = []              # the eBPF tracer, once started: its counters join /metrics
+    metrics = prometheus_text(lambda: {**col.snapshot(), **({"ebpf": tracers[0].snapshot()} if tracers else {})})
     secret = _token(token, cfg)
     from datasource.otlp import OtlpSink
 
@@ -586,6 +587,8 @@ def up(
     err.print(f"flowscope datasource on http://{host}:{port}/v1/query/"
               + ("  (bearer token required)" if secret else "") + "  (Ctrl-C stops)")
     tracer = _start_ebpf(cfg, col, pid, comm) if ebpf else None
+    if tracer is not None:
+        tracers.append(tracer)
     t0 = time.monotonic()
     try:
         if source is not None:

@@ -402,3 +402,50 @@ def test_cli_collect_ebpf_writes_rows(tmp_path: Path) -> None:
     for obs, who in (("c-p", (f"{prefix}-cli", "")), ("s-p", ("", f"{prefix}-srv"))):
         for path, code in (("/cli/missing", 404), ("/cli/x", 200)):
             assert rows.count((obs, path, code) + who) == 1, rows
+
+
+@needs_ebpf
+def test_up_ebpf_reports_the_tracer_on_metrics(tmp_path: Path) -> None:
+    """`flowscope up --ebpf`: the tracer's counters (events, rows, losses, CPU) join the collector's
+    Prometheus /metrics."""
+    import socket
+
+    import httpx
+
+    prefix = _prefix()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(FLOWSCOPE), "up", "--ebpf", "--comm", prefix, "--listen", f"127.0.0.1:{port}",
+                             "--clickhouse", f"chdb://{tmp_path / 'store'}"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 90
+        while "eBPF socket tracer attached" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "eBPF socket tracer attached" in line, line
+        srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True)
+        _SERVERS.append(srv)
+        subprocess.run([sys.executable, "-c", CLIENT, f"{prefix}-cli", srv.stdout.readline().strip(), "/m/a", "/m/b"],
+                       check=True, capture_output=True, timeout=30)
+
+        def metrics() -> dict[str, float] | None:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            got = {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in text.splitlines())
+                   if k.startswith("flowscope_ebpf")}
+            return got if got.get("flowscope_ebpf_rows_total", 0) >= 4 else None
+
+        got = _wait(metrics, 30)
+        assert got, "no eBPF rows on /metrics"
+        assert got["flowscope_ebpf_up"] == 1.0
+        assert got["flowscope_ebpf_rows_total"] == 4.0          # two requests, each seen by both processes
+        assert got["flowscope_ebpf_events_total"] >= 8
+        assert got['flowscope_ebpf_events_lost_total{reason="perf_buffer_full"}'] == 0.0
+        assert got["flowscope_ebpf_cpu_seconds_total"] > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
