@@ -15,9 +15,10 @@ Figures:
 - the tracer's userspace alone: one run's events replayed through fresh sessions with nothing else
   running (the code's own cost, apart from what sharing the machine with the load adds).
 
-Root + bcc only (python3-bpfcc).
+Root + bcc only (python3-bpfcc), except ``--replay``.
 
-    .venv/bin/python bench/ebpf.py [--requests 4000] [--rounds 3]
+    .venv/bin/python bench/ebpf.py [--requests 4000] [--rounds 3] [--save-events FILE]
+    .venv/bin/python bench/ebpf.py --replay FILE [--reps N]      # the userspace alone, no root
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import resource
 import statistics
 import subprocess
@@ -135,15 +137,8 @@ def traced(prefix: str, n: int, pin: bool = False) -> dict:
             "gave_up": sum(v for k, v in snap.items() if k.startswith("gave up"))}
 
 
-def replayed(prefix: str, n: int, reps: int = 7) -> tuple[float, int]:
-    """The tracer's userspace alone: the events of one traced run, recorded, then handed to fresh
-    sessions (parse, pair, rows, application metrics) again and again with no load running. CPU µs
-    per request (median) and rows made: the code's own cost, without the load competing for the cores and caches
-    (on this 2-vCPU VM that competition alone makes the same code ~1.3–1.6× slower)."""
-    from collector.ebpf.sessions import EbpfSessions
-    from collector.metrics import MetricsAggregator
-    from collector.tagging import TagRegistry
-
+def recorded(prefix: str, n: int) -> list[tuple]:
+    """The events of one traced run of ``n`` requests, as plain tuples (``Event`` fields)."""
     events: list = []
     sink = Null()
     col = EbpfCollector(sink, comm=prefix)
@@ -163,6 +158,21 @@ def replayed(prefix: str, n: int, reps: int = 7) -> tuple[float, int]:
             time.sleep(0.05)
     finally:
         col.stop()
+    return [tuple(e) for e in events]
+
+
+def replayed(events: list[tuple], n: int, reps: int = 7) -> tuple[float, int]:
+    """The tracer's userspace alone: recorded events handed to fresh sessions (parse, pair, rows,
+    application metrics) again and again with nothing else running. CPU µs per request (median)
+    and rows made: the code's own cost, without the load competing for the cores and caches (on
+    this 2-vCPU VM that competition alone makes the same code ~1.3–1.6× slower). Deterministic
+    enough for callgrind: ``--replay FILE --reps 1`` against ``--reps 3``."""
+    from collector.ebpf.sessions import EbpfSessions
+    from collector.ebpf.tracer import Event
+    from collector.metrics import MetricsAggregator
+    from collector.tagging import TagRegistry
+
+    events = [tuple.__new__(Event, e) for e in events]
     times, rows = [], 0
     for _ in range(reps):
         sessions = EbpfSessions(lambda tgid, fd: None)     # every socket of the run was opened while traced
@@ -214,7 +224,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--save-events", metavar="FILE", help="keep the replayed run's events (pickle) for --replay")
+    ap.add_argument("--replay", metavar="FILE", help="only replay saved events (no root needed) and print µs/request")
+    ap.add_argument("--reps", type=int, default=7, help="replays of the recorded events")
     a = ap.parse_args()
+    if a.replay:
+        with open(a.replay, "rb") as f:
+            n, events = pickle.load(f)
+        us, rows = replayed(events, n, a.reps)
+        print(f"{n} requests replayed {a.reps}×: {us:.1f} µs CPU per request, {rows} rows")
+        return
     n, rounds = a.requests, a.rounds
     prefix = f"fsB{os.getpid() % 10000}"
     run(prefix, 200)                                   # warm up the load
@@ -263,7 +282,11 @@ def main() -> None:
     print(f"tracer: {us_per_req(ons, 'cpu'):.0f} µs CPU per request = {per_core:,.0f} requests/s per core, "
           f"{events_per_s:,.0f} events/s; rows {rows} (both sides), lost {lost}, shed {shed}, "
           f"sockets given up {gave_up}")
-    replay_us, replay_rows = replayed(prefix, n)
+    events = recorded(prefix, n)
+    if a.save_events:
+        with open(a.save_events, "wb") as f:
+            pickle.dump((n, events), f)
+    replay_us, replay_rows = replayed(events, n, a.reps)
     print(f"tracer userspace alone (one run's events replayed, no load running): {replay_us:.0f} µs CPU per "
           f"request = {1e6 / replay_us:,.0f} requests/s per core; rows {replay_rows}")
     extra = {"replay_figure": round(1e6 / replay_us), "replay_us_per_req": round(replay_us, 1)}
