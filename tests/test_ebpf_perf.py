@@ -171,3 +171,18 @@ def test_drain_hands_over_what_was_kept_back(ring: FakeRing) -> None:
     st.spill = [_spilled(2)]
     st.tracer.drain()
     assert st.got == [2]
+
+
+def test_an_event_that_raises_costs_only_itself(ring: FakeRing) -> None:
+    st = SpillingTracer(ring)
+    for ts in (1, 2, 3):
+        ring.put(_event(ts, 5, EGRESS, b"a"))
+
+    def handle(e: Event) -> None:
+        if e.ts == 2:
+            raise ValueError("a parser bug")
+        st.got.append(e.ts)
+
+    st.tracer.callback = handle
+    st.tracer.poll(0)
+    assert st.got == [1, 3] and st.tracer.stats["event errors"] == 1

@@ -87,9 +87,9 @@ class EbpfCollector:
         while not self._stop.is_set():
             try:
                 self.tracer.poll(100)
-            except Exception as e:  # one bad event must not end tracing
-                self.stats["event errors"] += 1
-                log.debug("eBPF event: %s", e, exc_info=True)
+            except Exception as e:  # a failed read of the buffers must not end tracing (events: see poll)
+                self.stats["poll errors"] += 1
+                log.debug("eBPF poll: %s", e, exc_info=True)
             now = time.monotonic()
             try:
                 if now - last_expire >= 5:

@@ -788,10 +788,7 @@ class Tracer:
             batch, self._batch = self._batch, []
             batch.sort(key=_ts)
         if batch:
-            self.stats["events"] += len(batch)
-            callback = self.callback
-            for e in batch:
-                callback(e)
+            self._hand_over(batch)
         if self.ring is not None and timeout_ms > 0 and used < self._ring_busy:
             time.sleep(min(timeout_ms / 1000, self.POLL_INTERVAL_S))
 
@@ -800,9 +797,17 @@ class Tracer:
         for _ in range(3):
             self.poll(0)
         held, self._held, self._cut = self._held, [], None
-        self.stats["events"] += len(held)
-        for e in held:
-            self.callback(e)
+        self._hand_over(held)
+
+    def _hand_over(self, batch: list[Event]) -> None:
+        self.stats["events"] += len(batch)
+        callback = self.callback
+        for e in batch:
+            try:
+                callback(e)
+            except Exception as exc:  # one bad event costs itself, not the rest of the batch
+                self.stats["event errors"] += 1
+                log.debug("eBPF event %s: %s", e[:7], exc, exc_info=True)
 
     def _read_ring(self) -> tuple[list[Event], int]:
         """The ring's committed records and the spilled ones (perf buffer), each in its place: a
