@@ -369,6 +369,23 @@ def test_pcap_collect_goes_on_when_ebpf_is_refused(tmp_path: Path) -> None:
 
 
 @needs_ebpf
+def _exchange_once_attached(proc: subprocess.Popen, prefix: str, *paths: str) -> None:
+    """Wait for a `flowscope … --ebpf` process to say its tracer is attached, then run the
+    traced server and client (comm ``prefix-srv`` / ``prefix-cli``) for ``paths``."""
+    line = ""
+    deadline = time.monotonic() + 90
+    while "eBPF socket tracer attached" not in line and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+    assert "eBPF socket tracer attached" in line, line
+    srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True)
+    _SERVERS.append(srv)
+    port = srv.stdout.readline().strip()
+    subprocess.run([sys.executable, "-c", CLIENT, f"{prefix}-cli", port, *paths], check=True, capture_output=True,
+                   timeout=30)
+
+
 def test_cli_collect_ebpf_writes_rows(tmp_path: Path) -> None:
     """`flowscope collect --ebpf --comm PREFIX`: rows in the store, stopped by SIGINT."""
     prefix = _prefix()
@@ -376,19 +393,8 @@ def test_cli_collect_ebpf_writes_rows(tmp_path: Path) -> None:
     proc = subprocess.Popen([str(FLOWSCOPE), "collect", "--ebpf", "--comm", prefix, "--clickhouse", dsn],
                             cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        line = ""
-        deadline = time.monotonic() + 60
-        while "eBPF socket tracer attached" not in line and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-        assert "eBPF socket tracer attached" in line, line
-        srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True)
-        _SERVERS.append(srv)
-        port = int(srv.stdout.readline())
-        subprocess.run([sys.executable, "-c", CLIENT, f"{prefix}-cli", str(port), "/cli/x", "/cli/missing"],
-                       check=True, capture_output=True, timeout=30)
-        time.sleep(1.5)           # one flush interval of the tracer thread
+        _exchange_once_attached(proc, prefix, "/cli/x", "/cli/missing")
+        time.sleep(1.5)           # the client is done: the tracer reads what is left in its ring
     finally:
         proc.send_signal(signal.SIGINT)
         _, errs = proc.communicate(timeout=60)
@@ -420,17 +426,7 @@ def test_up_ebpf_reports_the_tracer_on_metrics(tmp_path: Path) -> None:
                              "--clickhouse", f"chdb://{tmp_path / 'store'}"],
                             cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        line = ""
-        deadline = time.monotonic() + 90
-        while "eBPF socket tracer attached" not in line and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-        assert "eBPF socket tracer attached" in line, line
-        srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True)
-        _SERVERS.append(srv)
-        subprocess.run([sys.executable, "-c", CLIENT, f"{prefix}-cli", srv.stdout.readline().strip(), "/m/a", "/m/b"],
-                       check=True, capture_output=True, timeout=30)
+        _exchange_once_attached(proc, prefix, "/m/a", "/m/b")
 
         def metrics() -> dict[str, float] | None:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
