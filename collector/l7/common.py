@@ -25,7 +25,9 @@ def http_endpoint(path: str, *, depth: int = 2, strip_ids: bool = True) -> str:
         return p[:256]
     segs = [s for s in p.split("/") if s][:depth]
     if strip_ids:
-        segs = ["{id}" if _ID_SEGMENT.match(s) else s for s in segs]
+        # under 16 characters only the all-digits form can match, so a segment that does not start
+        # with a digit (most route words) skips the regex
+        segs = [s if len(s) < 16 and not s[0].isdecimal() else "{id}" if _ID_SEGMENT.match(s) else s for s in segs]
     return "/" + "/".join(segs) if segs else "/"
 
 
