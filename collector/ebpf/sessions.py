@@ -410,22 +410,22 @@ class EbpfSessions:
                 continue
             # this second's application counts per (socket, protocol, endpoint): request, response,
             # client error, server error, timeout, rrt sum, count, max
-            st_ = rec[_STATUS]
+            status_ = rec[_STATUS]
             rrt = rec[_RRT] if has_rrt else 0
             key = (st, t, rec[_PROTO], rec[_ENDPOINT])
             c = acc.get(key)
             if c is None:
-                acc[key] = [n_req, n_resp, 1 if n_resp and st_ == CLIENT_ERROR else 0,
-                            1 if n_resp and st_ == SERVER_ERROR else 0, 1 if st_ == TIMEOUT else 0, rrt, has_rrt, rrt]
+                acc[key] = [n_req, n_resp, 1 if n_resp and status_ == CLIENT_ERROR else 0,
+                            1 if n_resp and status_ == SERVER_ERROR else 0, 1 if status_ == TIMEOUT else 0, rrt, has_rrt, rrt]
                 continue
             c[0] += n_req
             c[1] += n_resp
-            if st_:
-                if n_resp and st_ == CLIENT_ERROR:
+            if status_:
+                if n_resp and status_ == CLIENT_ERROR:
                     c[2] += 1
-                elif n_resp and st_ == SERVER_ERROR:
+                elif n_resp and status_ == SERVER_ERROR:
                     c[3] += 1
-                elif st_ == TIMEOUT:
+                elif status_ == TIMEOUT:
                     c[4] += 1
             if has_rrt:
                 c[5] += rrt
