@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 from collections import Counter
 
 import pytest
@@ -186,3 +187,35 @@ def test_an_event_that_raises_costs_only_itself(ring: FakeRing) -> None:
     st.tracer.callback = handle
     st.tracer.poll(0)
     assert st.got == [1, 3] and st.tracer.stats["event errors"] == 1
+
+
+class PerfTracer:
+    """A ``Tracer`` on per-CPU perf buffers (no ring, no bcc): ``arrive`` lands at the next read."""
+
+    def __init__(self) -> None:
+        self.tracer = t = Tracer.__new__(Tracer)
+        t.ring, t.bpf, t.stats = None, self, Counter()
+        t._batch, t._held, t._cut = [], [], None
+        self.got: list[int] = []
+        t.callback = lambda e: self.got.append(e.ts)
+        self.arrive: list[Event] = []
+
+    def perf_buffer_consume(self) -> None:
+        self.tracer._batch += self.arrive
+        self.arrive = []
+
+
+def test_per_cpu_buffers_hold_young_records_for_their_predecessors() -> None:
+    """A thread's record on one CPU can land after the buffers were read while its next one, on
+    another CPU, was read already: records younger than the hold wait, and come out in order."""
+    pt = PerfTracer()
+    now = time.monotonic_ns()
+    old = now - 10 * pt.tracer.PERF_HOLD_NS
+    pt.arrive = [_spilled(old + 2), _spilled(old + 1), _spilled(now - 2_000)]
+    pt.tracer.poll(0)
+    assert pt.got == [old + 1, old + 2]                  # old enough: out at once, sorted
+    pt.arrive = [_spilled(now - 3_000)]                  # the young one's predecessor, read a poll later
+    pt.tracer.poll(0)
+    assert pt.got == [old + 1, old + 2]
+    pt.tracer.drain()
+    assert pt.got == [old + 1, old + 2, now - 3_000, now - 2_000]

@@ -650,6 +650,7 @@ class RingReader:
         self.producer.close()
 
 
+NO_WAKEUP = 1 << 30         # perf buffers: read on a timer, so a record never wakes the reader
 _U64 = struct.Struct("Q")     # native: one 8-byte load/store ("<Q" goes byte by byte: torn positions)
 _RECORD = struct.Struct("<I4x" + HEADER.format[1:])      # the ring's header word, then the event header
 
@@ -661,7 +662,7 @@ class Tracer:
 
     Raises ``EbpfUnavailable`` (with the reason) when bcc, privileges or the kernel say no."""
 
-    POLL_INTERVAL_S = 0.01          # the ring wakes nobody: drained this often (more when filling up)
+    POLL_INTERVAL_S = 0.01          # buffers drained this often (at once again when filling up)
 
     def __init__(self, callback, *, pids: list[int] | None = None, comm: str | None = None,
                  payload: int = PAYLOAD_MAX, pages: int = 256, tls_libs: list[str] | None = None) -> None:
@@ -693,9 +694,10 @@ class Tracer:
         if ring:
             self.ring = RingReader(events.map_fd, ring_pages * mmap.PAGESIZE)
             self._ring_busy = ring_pages * mmap.PAGESIZE // 4
-            self.bpf[b"spill"].open_perf_buffer(self._on_event, page_cnt=8, lost_cb=self._on_lost)
+            self.bpf[b"spill"].open_perf_buffer(self._on_event, page_cnt=8, lost_cb=self._on_lost,
+                                                wakeup_events=NO_WAKEUP)
         else:
-            events.open_perf_buffer(self._on_event, page_cnt=pages, lost_cb=self._on_lost)
+            events.open_perf_buffer(self._on_event, page_cnt=pages, lost_cb=self._on_lost, wakeup_events=NO_WAKEUP)
         if pids:
             m = self.bpf[b"pids"]
             for p in pids:
@@ -704,7 +706,7 @@ class Tracer:
         self.counters = self.bpf[b"counters"]
         self.known: dict[tuple[int, int], int] = {}     # (tgid, fd) → socket inode (0: not a socket)
         self._batch: list[Event] = []
-        self._held: list[Event] = []        # ring and spilled records kept back for order (_read_ring)
+        self._held: list[Event] = []        # records kept back for order (_read_ring, _read_perf)
         self._cut: int | None = None        # the earliest spilled record not handed over yet
         self.stats["sockets seeded from /proc"] = self.seed(pids)
         self.tls_attached = self.attach_tls(find_libssl() if tls_libs is None else tls_libs)
@@ -782,14 +784,13 @@ class Tracer:
         another must not come out swapped."""
         if self.ring is not None:
             batch, used = self._read_ring()
+            busy = used >= self._ring_busy
         else:
-            self.bpf.perf_buffer_poll(timeout=timeout_ms)
-            self.bpf.perf_buffer_consume()      # buffers whose wake-up lags: their records are there
-            batch, self._batch = self._batch, []
-            batch.sort(key=_ts)
+            batch = self._read_perf()
+            busy = len(batch) >= self.PERF_BUSY
         if batch:
             self._hand_over(batch)
-        if self.ring is not None and timeout_ms > 0 and used < self._ring_busy:
+        if timeout_ms > 0 and not busy:
             time.sleep(min(timeout_ms / 1000, self.POLL_INTERVAL_S))
 
     def drain(self) -> None:
@@ -808,6 +809,25 @@ class Tracer:
             except Exception as exc:  # one bad event costs itself, not the rest of the batch
                 self.stats["event errors"] += 1
                 log.debug("eBPF event %s: %s", e[:7], exc, exc_info=True)
+
+    PERF_HOLD_NS = 20_000_000       # per-CPU perf buffers: records younger than this wait a poll
+    PERF_BUSY = 2000                # records in one read of the perf buffers: read again at once
+
+    def _read_perf(self) -> list[Event]:
+        """The per-CPU perf buffers' records, in order, read on the timer like the ring (waiting
+        in poll() for their wake-ups took a wake-up and a poll per record). A thread's record on
+        one CPU may land after the buffers were read while its next one, on another CPU, was read
+        already; records are written microseconds after their timestamp, so those older than
+        ``PERF_HOLD_NS`` at the start of the read have every predecessor read too. Younger ones
+        wait for the next poll."""
+        start = time.monotonic_ns()     # bpf_ktime_get_ns's clock
+        self.bpf.perf_buffer_consume()  # every buffer, whether its wake-up came or not
+        batch = self._held + self._batch
+        self._batch = []
+        batch.sort(key=_ts)
+        i = bisect_left(batch, start - self.PERF_HOLD_NS, key=_ts)
+        batch, self._held = batch[:i], batch[i:]
+        return batch
 
     def _read_ring(self) -> tuple[list[Event], int]:
         """The ring's committed records and the spilled ones (perf buffer), each in its place: a
