@@ -111,14 +111,23 @@ class Null:
             self.rows += len(batch.rows)
 
 
-def traced(prefix: str, n: int, pin: bool = False) -> dict:
+def traced(prefix: str, n: int, pin: bool = False, record: list | None = None) -> dict:
     """One run with the whole collector on, its default flush interval: wall, load CPU, the tracer
-    thread's CPU (ring reads, parsing, flushes, the final one included), rows, events, losses."""
+    thread's CPU (ring reads, parsing, flushes, the final one included), rows, events, losses.
+    ``record``: gets the run's events, as plain tuples (``Event`` fields)."""
     sink = Null()
     col = EbpfCollector(sink, comm=prefix)
     if not col.start():
         raise EbpfUnavailable(col.error)
     try:
+        if record is not None:
+            handle, keep = col.sessions.handle, record.append
+
+            def recording(e) -> None:
+                keep(tuple(e))
+                handle(e)
+
+            col.tracer.callback = recording
         time.sleep(0.05)
         cpu0 = col.cpu_s
         wall, load = run(prefix, n, pin)
@@ -135,30 +144,6 @@ def traced(prefix: str, n: int, pin: bool = False) -> dict:
     return {"wall": wall, "load": load, "cpu": cpu, "rows": sink.rows, "events": snap.get("events", 0),
             "lost": lost, "shed": snap.get("events shed (over budget)", 0),
             "gave_up": sum(v for k, v in snap.items() if k.startswith("gave up"))}
-
-
-def recorded(prefix: str, n: int) -> list[tuple]:
-    """The events of one traced run of ``n`` requests, as plain tuples (``Event`` fields)."""
-    events: list = []
-    sink = Null()
-    col = EbpfCollector(sink, comm=prefix)
-    if not col.start():
-        raise EbpfUnavailable(col.error)
-    try:
-        handle = col.sessions.handle
-
-        def record(e) -> None:
-            events.append(e)
-            handle(e)
-
-        col.tracer.callback = record
-        run(prefix, n)
-        deadline = time.monotonic() + 30
-        while sink.rows + len(col.sessions.rows) < 2 * n and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        col.stop()
-    return [tuple(e) for e in events]
 
 
 def replayed(events: list[tuple], n: int, reps: int = 7) -> tuple[float, int]:
@@ -282,7 +267,8 @@ def main() -> None:
     print(f"tracer: {us_per_req(ons, 'cpu'):.0f} µs CPU per request = {per_core:,.0f} requests/s per core, "
           f"{events_per_s:,.0f} events/s; rows {rows} (both sides), lost {lost}, shed {shed}, "
           f"sockets given up {gave_up}")
-    events = recorded(prefix, n)
+    events: list[tuple] = []
+    traced(prefix, n, record=events)
     if a.save_events:
         with open(a.save_events, "wb") as f:
             pickle.dump((n, events), f)

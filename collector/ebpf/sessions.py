@@ -30,8 +30,17 @@ from collector.ebpf.tracer import (
     parse_sockaddr,
 )
 from collector.flow.model import SEC
-from collector.flow.report import FS_KEY, L7_COLUMNS, L7_FLOW, L7_RECORD, l7_record, l7_session_record
-from collector.l7.base import CLIENT_ERROR, MASK32, REQUEST, RESPONSE, SERVER_ERROR, SESSION, TIMEOUT, GiveUp
+from collector.flow.report import (
+    FS_KEY,
+    L7_COLUMNS,
+    L7_FLOW,
+    L7_RECORD,
+    add_l7_counts,
+    l7_counts_of,
+    l7_record,
+    l7_session_record,
+)
+from collector.l7.base import MASK32, REQUEST, RESPONSE, SESSION, GiveUp
 from collector.l7.registry import MAX_ATTEMPTS, Detector
 from collector.l7.session import Sessions
 
@@ -395,43 +404,15 @@ class EbpfSessions:
                 rq, rs = meta.pop(id(req), NO_META), meta.pop(id(resp), NO_META)
                 t = resp.ts // SEC          # the row id: its time's second, then a sequence number
                 rec = l7_session_record(req, resp, protocol, t << 32 | (row_seq & MASK32), 0)
-                n_req = n_resp = has_rrt = 1
             else:
                 rq = meta.pop(id(req), NO_META) if req is not None else NO_META
                 rs = meta.pop(id(resp), NO_META) if resp is not None and resp is not req else (
                     rq if resp is not None else NO_META)
                 t = (resp if resp is not None else req).ts // SEC
                 rec = l7_record(kind, req, resp, status, protocol, t << 32 | (row_seq & MASK32), 0)
-                n_req = 1 if req is not None else 0
-                n_resp = 1 if resp is not None else 0
-                has_rrt = 1 if n_req and n_resp and req is not resp else 0
             rows.append(flow + rec + side + (rq[0], rs[0], rq[1], rs[1], rq[2], rs[2]))
-            if acc is None:
-                continue
-            # this second's application counts per (socket, protocol, endpoint): request, response,
-            # client error, server error, timeout, rrt sum, count, max
-            status_ = rec[_STATUS]
-            rrt = rec[_RRT] if has_rrt else 0
-            key = (st, t, rec[_PROTO], rec[_ENDPOINT])
-            c = acc.get(key)
-            if c is None:
-                acc[key] = [n_req, n_resp, 1 if n_resp and status_ == CLIENT_ERROR else 0,
-                            1 if n_resp and status_ == SERVER_ERROR else 0, 1 if status_ == TIMEOUT else 0, rrt, has_rrt, rrt]
-                continue
-            c[0] += n_req
-            c[1] += n_resp
-            if status_:
-                if n_resp and status_ == CLIENT_ERROR:
-                    c[2] += 1
-                elif n_resp and status_ == SERVER_ERROR:
-                    c[3] += 1
-                elif status_ == TIMEOUT:
-                    c[4] += 1
-            if has_rrt:
-                c[5] += rrt
-                c[6] += 1
-                if rrt > c[7]:
-                    c[7] = rrt
+            if acc is not None:     # this second's application counts per socket, protocol and endpoint
+                add_l7_counts(acc, (st, t, rec[_PROTO], rec[_ENDPOINT]), l7_counts_of(req, resp, rec))
         self.stats["rows"] += row_seq - self._row_seq
         self._row_seq = row_seq
 
@@ -477,5 +458,4 @@ class EbpfSessions:
 # the metrics key (collector.flow.report.FS_KEY) out of an l7_flow_log flow part (L7_FLOW)
 _MKEY = itemgetter(*(L7_FLOW.index(c) for c in FS_KEY))
 _SCORE = L7_FLOW.index("direction_score")
-_RRT, _PROTO, _ENDPOINT, _STATUS = (L7_RECORD.index(c) for c in (
-    "response_duration", "l7_protocol", "endpoint", "response_status"))
+_PROTO, _ENDPOINT = L7_RECORD.index("l7_protocol"), L7_RECORD.index("endpoint")

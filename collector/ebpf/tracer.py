@@ -657,12 +657,15 @@ _RECORD = struct.Struct("<I4x" + HEADER.format[1:])      # the ring's header wor
 
 class Tracer:
     """Loads the program and turns ring (or perf) buffer records into ``Event`` objects for
-    ``callback`` (which may be set after construction, before the first ``poll``). A BPF ring buffer (one for all CPUs, records in the order they were made, read
-    in bulk through mmap) where the kernel and CPU allow it; per-CPU perf buffers otherwise.
+    ``callback`` (which may be set after construction, before the first ``poll``). A BPF ring
+    buffer (one for all CPUs, records in the order they were made, read in bulk through mmap) where
+    the kernel and CPU allow it; per-CPU perf buffers otherwise.
 
     Raises ``EbpfUnavailable`` (with the reason) when bcc, privileges or the kernel say no."""
 
     POLL_INTERVAL_S = 0.01          # buffers drained this often (at once again when filling up)
+    PERF_HOLD_NS = 20_000_000       # per-CPU perf buffers: records younger than this wait a poll
+    PERF_BUSY = 2000                # records in one read of the perf buffers: read again at once
 
     def __init__(self, callback, *, pids: list[int] | None = None, comm: str | None = None,
                  payload: int = PAYLOAD_MAX, pages: int = 256, tls_libs: list[str] | None = None) -> None:
@@ -779,9 +782,10 @@ class Tracer:
         """Hand over every event the kernel has queued, in the order they happened, then wait up
         to ``timeout_ms`` (the ring: at most ``POLL_INTERVAL_S``, none when it is filling up).
 
-        The ring holds records in the order they were made. Per-CPU perf buffers are read once
-        each, then sorted by timestamp: an accept on one CPU and the first read of its socket on
-        another must not come out swapped."""
+        The ring holds records in the order they were made; per-CPU perf buffers (and the ring's
+        spill buffer) are sorted by timestamp, and records that an earlier one may still precede
+        wait for the next poll (``_read_ring``, ``_read_perf``): an accept on one CPU and the first
+        read of its socket on another must not come out swapped."""
         if self.ring is not None:
             batch, used = self._read_ring()
             busy = used >= self._ring_busy
@@ -810,9 +814,6 @@ class Tracer:
                 self.stats["event errors"] += 1
                 log.debug("eBPF event %s: %s", e[:7], exc, exc_info=True)
 
-    PERF_HOLD_NS = 20_000_000       # per-CPU perf buffers: records younger than this wait a poll
-    PERF_BUSY = 2000                # records in one read of the perf buffers: read again at once
-
     def _read_perf(self) -> list[Event]:
         """The per-CPU perf buffers' records, in order, read on the timer like the ring (waiting
         in poll() for their wake-ups took a wake-up and a poll per record). A thread's record on
@@ -824,10 +825,7 @@ class Tracer:
         self.bpf.perf_buffer_consume()  # every buffer, whether its wake-up came or not
         batch = self._held + self._batch
         self._batch = []
-        batch.sort(key=_ts)
-        i = bisect_left(batch, start - self.PERF_HOLD_NS, key=_ts)
-        batch, self._held = batch[:i], batch[i:]
-        return batch
+        return self._up_to(batch, start - self.PERF_HOLD_NS)
 
     def _read_ring(self) -> tuple[list[Event], int]:
         """The ring's committed records and the spilled ones (perf buffer), each in its place: a
@@ -848,13 +846,18 @@ class Tracer:
             self._cut = cut if self._cut is None else min(self._cut, cut)
             batch += spilled
         if self._cut is not None:
-            batch.sort(key=_ts)
             if ring.stalled:
-                i = bisect_left(batch, self._cut, key=_ts)
-                batch, self._held = batch[:i], batch[i:]
-            else:
-                self._cut = None
+                return self._up_to(batch, self._cut), used
+            self._cut = None
+            batch.sort(key=_ts)
         return batch, used
+
+    def _up_to(self, batch: list[Event], cut: int) -> list[Event]:
+        """``batch`` sorted; the records before ``cut`` (ns), the rest kept back for the next poll."""
+        batch.sort(key=_ts)
+        i = bisect_left(batch, cut, key=_ts)
+        self._held = batch[i:]
+        return batch[:i]
 
     def kernel_counters(self) -> dict[str, int]:
         vals = [sum(self.counters[ct.c_int(i)]) for i in range(4)]      # per-CPU values

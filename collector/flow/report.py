@@ -12,7 +12,7 @@ from __future__ import annotations
 from operator import sub
 
 from collector.flow.model import N_LAT3, SEC, ZERO_IP6, ZERO_LAT, Flow, side_counters
-from collector.l7.base import SESSION
+from collector.l7.base import CLIENT_ERROR, SERVER_ERROR, SESSION, TIMEOUT
 from collector.tagging import RESOURCE_COLUMNS
 
 LAT_NAMES = ("rtt", "rtt_client", "rtt_server", "srt", "art", "cit")
@@ -144,20 +144,12 @@ class RowBuilder:
 
     @staticmethod
     def l7_counts(f: Flow, protocol: int, endpoint: str, counts: tuple) -> None:
-        """One L7 record's counts into this second's per-endpoint accumulators, which ``second``
-        turns into the network (l7_* / rrt_*) and application rows. ``counts``: request,
-        response, client error, server error, timeout, rrt sum, rrt count, rrt max."""
+        """One L7 record's counts (``l7_counts_of``) into this second's per-endpoint accumulators,
+        which ``second`` turns into the network (l7_* / rrt_*) and application rows."""
         acc = f.l7s
         if acc is None:
             acc = f.l7s = {}
-        cur = acc.get((protocol, endpoint))
-        if cur is None:
-            acc[(protocol, endpoint)] = list(counts)
-            return
-        for i in range(7):
-            cur[i] += counts[i]
-        if counts[7] > cur[7]:
-            cur[7] = counts[7]
+        add_l7_counts(acc, (protocol, endpoint), counts)
 
     def take_app(self) -> list[tuple]:
         out, self.app = self.app, []
@@ -250,6 +242,33 @@ def l7_session_record(req, resp, protocol: int, row_id: int, reversed_: int) -> 
             resp.response_result, req.trace_id or resp.trace_id, req.span_id or resp.span_id, req.parent_span_id,
             req.x_request_id, resp.x_request_id, req.http_proxy_client, req.tcp_seq, resp.tcp_seq, req.length,
             resp.length, resp.sql_affected_rows, req.captured, resp.captured, attrs)
+
+
+_REC_RRT, _REC_STATUS = L7_RECORD.index("response_duration"), L7_RECORD.index("response_status")
+
+
+def l7_counts_of(req, resp, rec: tuple) -> tuple:
+    """The application counts of one record (``rec``: ``l7_record``'s): request, response, client
+    error, server error, timeout, rrt sum, rrt count, rrt max."""
+    status = rec[_REC_STATUS]
+    n_req = 1 if req is not None else 0
+    n_resp = 1 if resp is not None else 0
+    has_rrt = 1 if n_req and n_resp and req is not resp else 0
+    rrt = rec[_REC_RRT] if has_rrt else 0
+    return (n_req, n_resp, 1 if n_resp and status == CLIENT_ERROR else 0, 1 if n_resp and status == SERVER_ERROR else 0,
+            1 if status == TIMEOUT else 0, rrt, has_rrt, rrt)
+
+
+def add_l7_counts(acc: dict, key, counts: tuple) -> None:
+    """Add ``counts`` (``l7_counts_of``) to ``acc[key]``: sums, and the maximum rrt."""
+    cur = acc.get(key)
+    if cur is None:
+        acc[key] = list(counts)
+        return
+    for i in range(7):
+        cur[i] += counts[i]
+    if counts[7] > cur[7]:
+        cur[7] = counts[7]
 
 
 def l7_record(kind: int, req, resp, status: int | None, protocol: int, row_id: int, reversed_: int) -> tuple:

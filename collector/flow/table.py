@@ -37,7 +37,7 @@ from collector.flow.model import (
     FlowSide,
 )
 from collector.flow.observation import NearEnd, observation_point
-from collector.flow.report import RowBuilder, l7_flow_part, l7_record, l7_session_record
+from collector.flow.report import RowBuilder, l7_counts_of, l7_flow_part, l7_record, l7_session_record
 from collector.flow.tcp import ACK, ESTABLISHED, FIN, NOT_TCP, RST, SYN
 from collector.l7.base import CLIENT_ERROR, OK, REQUEST, SERVER_ERROR, SESSION, TIMEOUT
 from collector.l7.registry import MAX_ATTEMPTS, Detector
@@ -474,26 +474,12 @@ class FlowTable:
                 continue
             rec = l7_record(kind, req, resp, status, state.protocol, row_id, f.l7_rev)
             rows.append(flow_part + rec)
-            st = rec[16]
-            n_req = 1 if req is not None else 0
-            n_resp = 1 if resp is not None else 0
-            cerr = 1 if n_resp and st == CLIENT_ERROR else 0
-            serr = 1 if n_resp and st == SERVER_ERROR else 0
-            tmo = 1 if st == TIMEOUT else 0
-            rrt = rec[4]
-            has_rrt = 1 if req is not None and resp is not None and req is not resp else 0
-            w[0] += n_req
-            w[1] += n_resp
-            w[2] += cerr
-            w[3] += serr
-            w[4] += tmo
-            if has_rrt:
-                w[5] += rrt
-                w[6] += 1
-                if rrt > w[7]:
-                    w[7] = rrt
-            rb.l7_counts(f, rec[5], rec[14], (n_req, n_resp, cerr, serr, tmo, rrt if has_rrt else 0,
-                                              has_rrt, rrt if has_rrt else 0))
+            counts = l7_counts_of(req, resp, rec)
+            for i in range(7):
+                w[i] += counts[i]
+            if counts[7] > w[7]:
+                w[7] = counts[7]
+            rb.l7_counts(f, rec[5], rec[14], counts)
         self.l7_stats["records"] += len(records)
         if not f.dirty:             # counts made at a timer (timeouts) go out with the next second
             f.dirty = True
