@@ -260,13 +260,23 @@ def l7_counts_of(req, resp, rec: tuple) -> tuple:
 
 
 def add_l7_counts(acc: dict, key, counts: tuple) -> None:
-    """Add ``counts`` (``l7_counts_of``) to ``acc[key]``: sums, and the maximum rrt."""
+    """Add ``counts`` (``l7_counts_of``) to ``acc[key]``."""
     cur = acc.get(key)
     if cur is None:
         acc[key] = list(counts)
-        return
-    for i in range(7):
-        cur[i] += counts[i]
+    else:
+        add_counts(cur, counts)
+
+
+def add_counts(cur: list[int], counts: tuple) -> None:
+    """``counts`` (``l7_counts_of``) into ``cur``: sums, and the maximum rrt (unrolled: per record)."""
+    cur[0] += counts[0]
+    cur[1] += counts[1]
+    cur[2] += counts[2]
+    cur[3] += counts[3]
+    cur[4] += counts[4]
+    cur[5] += counts[5]
+    cur[6] += counts[6]
     if counts[7] > cur[7]:
         cur[7] = counts[7]
 

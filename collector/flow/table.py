@@ -37,7 +37,14 @@ from collector.flow.model import (
     FlowSide,
 )
 from collector.flow.observation import NearEnd, observation_point
-from collector.flow.report import RowBuilder, l7_counts_of, l7_flow_part, l7_record, l7_session_record
+from collector.flow.report import (
+    RowBuilder,
+    add_counts,
+    l7_counts_of,
+    l7_flow_part,
+    l7_record,
+    l7_session_record,
+)
 from collector.flow.tcp import ACK, ESTABLISHED, FIN, NOT_TCP, RST, SYN
 from collector.l7.base import CLIENT_ERROR, OK, REQUEST, SERVER_ERROR, SESSION, TIMEOUT
 from collector.l7.registry import MAX_ATTEMPTS, Detector
@@ -475,10 +482,7 @@ class FlowTable:
             rec = l7_record(kind, req, resp, status, state.protocol, row_id, f.l7_rev)
             rows.append(flow_part + rec)
             counts = l7_counts_of(req, resp, rec)
-            for i in range(7):
-                w[i] += counts[i]
-            if counts[7] > w[7]:
-                w[7] = counts[7]
+            add_counts(w, counts)
             rb.l7_counts(f, rec[5], rec[14], counts)
         self.l7_stats["records"] += len(records)
         if not f.dirty:             # counts made at a timer (timeouts) go out with the next second
