@@ -13,11 +13,15 @@ Figures:
 - the same off/on pair with the load pinned to CPU 0 and the tracer to CPU 1 (machines with 2+
   CPUs): the added latency when the tracer does not compete with the load for a core;
 - the tracer's userspace alone: one run's events replayed through fresh sessions with nothing else
-  running (the code's own cost, apart from what sharing the machine with the load adds).
+  running (the code's own cost, apart from what sharing the machine with the load adds);
+- the service's latency at a fixed request rate (``--rate``, open loop: each request is due at its
+  slot and timed from it), tracer off and on in interleaved rounds, p50/p90/p99: what a service
+  that does not keep the machine busy sees. The back-to-back load alone keeps ~1.3 of the 2 vCPUs
+  busy, so there the tracer's own CPU competes with the service.
 
 Root + bcc only (python3-bpfcc), except ``--replay``.
 
-    .venv/bin/python bench/ebpf.py [--requests 4000] [--rounds 3] [--save-events FILE]
+    .venv/bin/python bench/ebpf.py [--requests 4000] [--rounds 3] [--rate 1000] [--save-events FILE]
     .venv/bin/python bench/ebpf.py --replay FILE [--reps N]      # the userspace alone, no root
 """
 
@@ -74,6 +78,30 @@ for i in range(n):
 print(time.perf_counter() - t0, flush=True)
 '''
 
+# The same requests at a fixed rate (open loop): each request is due at start + i / rate, and its
+# latency runs from when it was due (a late start counts against the request, as wrk2 counts it).
+RATED_CLIENT = r'''
+import ctypes, json, sys, time, http.client
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
+port, n, rate = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+c = http.client.HTTPConnection("127.0.0.1", port)
+c.connect()
+c.sock.setsockopt(6, 1, 1)     # TCP_NODELAY
+lat = []
+clock, sleep = time.perf_counter, time.sleep
+t0 = clock()
+for i in range(n):
+    due = t0 + i / rate
+    wait = due - clock()
+    if wait > 0:
+        sleep(wait)
+    c.request("GET", f"/item/{i}")
+    c.getresponse().read()
+    lat.append(clock() - due)
+print(clock() - t0, flush=True)
+print(json.dumps(lat), flush=True)
+'''
+
 LOAD_CPU, TRACER_CPU = 0, 1          # the pinned figures: the load on CPU 0, the tracer on CPU 1
 
 
@@ -87,20 +115,26 @@ def self_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run(prefix: str, n: int, pin: bool = False) -> tuple[float, float]:
-    """(client wall seconds, client + server CPU seconds) for n keep-alive requests."""
+def run(prefix: str, n: int, pin: bool = False, rate: float = 0.0,
+        latencies: list | None = None) -> tuple[float, float]:
+    """(client wall seconds, client + server CPU seconds) for n keep-alive requests, back to back
+    or (``rate``) at a fixed rate, each request's latency appended to ``latencies``."""
     pre = (lambda: os.sched_setaffinity(0, {LOAD_CPU})) if pin else None
     cpu0 = children_cpu()
     srv = subprocess.Popen([sys.executable, "-c", SERVER, f"{prefix}-srv"], stdout=subprocess.PIPE, text=True,
                            preexec_fn=pre)
     try:
         port = srv.stdout.readline().strip()
-        out = subprocess.run([sys.executable, "-c", CLIENT, f"{prefix}-cli", port, str(n)], capture_output=True,
-                             text=True, check=True, preexec_fn=pre)
+        args = [RATED_CLIENT, f"{prefix}-cli", port, str(n), str(rate)] if rate else [CLIENT, f"{prefix}-cli", port, str(n)]
+        out = subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True, check=True,
+                             preexec_fn=pre)
     finally:
         srv.kill()
         srv.wait()
-    return float(out.stdout), children_cpu() - cpu0
+    wall, *rest = out.stdout.splitlines()
+    if latencies is not None and rest:
+        latencies += json.loads(rest[0])
+    return float(wall), children_cpu() - cpu0
 
 
 class Null:
@@ -111,7 +145,8 @@ class Null:
             self.rows += len(batch.rows)
 
 
-def traced(prefix: str, n: int, pin: bool = False, record: list | None = None) -> dict:
+def traced(prefix: str, n: int, pin: bool = False, record: list | None = None, rate: float = 0.0,
+           latencies: list | None = None) -> dict:
     """One run with the whole collector on, its default flush interval: wall, load CPU, the tracer
     thread's CPU (ring reads, parsing, flushes, the final one included), rows, events, losses.
     ``record``: gets the run's events, as plain tuples (``Event`` fields)."""
@@ -130,7 +165,7 @@ def traced(prefix: str, n: int, pin: bool = False, record: list | None = None) -
             col.tracer.callback = recording
         time.sleep(0.05)
         cpu0 = col.cpu_s
-        wall, load = run(prefix, n, pin)
+        wall, load = run(prefix, n, pin, rate, latencies)
         deadline = time.monotonic() + 30
         while sink.rows + len(col.sessions.rows) < 2 * n and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -197,6 +232,37 @@ def kernel_only(prefix: str, n: int) -> dict:
     return {"wall": wall, "load": load, "cpu": cpu}
 
 
+def fixed_rate(prefix: str, rate: float, n: int, rounds: int) -> dict:
+    """The traced service's latency at a fixed request rate, tracer off and on, rounds interleaved:
+    what a service that does not saturate the machine sees (the back-to-back figure keeps both
+    vCPUs busy with the load alone, so there the tracer's CPU competes with it)."""
+    offs: list[list[float]] = []
+    ons: list[list[float]] = []
+    cpu = []
+    for _ in range(rounds):
+        lat: list[float] = []
+        run(prefix, n, rate=rate, latencies=lat)
+        offs.append(lat)
+        lat = []
+        cpu.append(traced(prefix, n, rate=rate, latencies=lat)["cpu"])
+        ons.append(lat)
+
+    def q(xs: list[float], p: float) -> float:
+        return statistics.quantiles(xs, n=100, method="inclusive")[round(p * 100) - 1] if p < 1 else max(xs)
+
+    out = {}
+    for p in (0.5, 0.9, 0.99):
+        added = med([pct(q(on, p), q(off, p)) for on, off in zip(ons, offs, strict=True)])
+        off_all, on_all = [x for r in offs for x in r], [x for r in ons for x in r]
+        print(f"fixed rate {rate:,.0f} req/s, p{p * 100:g}: off {q(off_all, p) * 1e6:,.0f} µs, "
+              f"on {q(on_all, p) * 1e6:,.0f} µs; added latency {added:+.1f}% (median of {rounds} interleaved rounds)")
+        out[f"rated_p{p * 100:g}_added_pct"] = round(added, 1)
+    share = med(cpu) / (n / rate) * 100
+    print(f"fixed rate {rate:,.0f} req/s: tracer CPU {share:.1f}% of a core")
+    out |= {"rate": rate, "rated_tracer_cpu_pct": round(share, 1)}
+    return out
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -212,6 +278,9 @@ def main() -> None:
     ap.add_argument("--save-events", metavar="FILE", help="keep the replayed run's events (pickle) for --replay")
     ap.add_argument("--replay", metavar="FILE", help="only replay saved events (no root needed) and print µs/request")
     ap.add_argument("--reps", type=int, default=7, help="replays of the recorded events")
+    ap.add_argument("--rate", type=float, default=1000, help="requests/s of the fixed-rate latency figure (0: none)")
+    ap.add_argument("--rated-requests", type=int, default=3000, help="requests per fixed-rate round")
+    ap.add_argument("--rated-rounds", type=int, default=5)
     a = ap.parse_args()
     if a.replay:
         with open(a.replay, "rb") as f:
@@ -283,6 +352,8 @@ def main() -> None:
               f"req/s, on {n / m(pinned_ons, 'wall'):,.0f} req/s; added latency {added_pinned:+.1f}%, "
               f"{per_core_pinned:,.0f} requests/s per tracer core")
         extra |= {"pinned_added_latency_pct": round(added_pinned, 1), "pinned_figure": round(per_core_pinned)}
+    if a.rate:
+        extra |= fixed_rate(prefix, a.rate, a.rated_requests, a.rated_rounds)
     print(json.dumps({"bench": "ebpf", "figure": round(per_core), "unit": "req/s per core traced (both sides)",
                       "baseline": "tracer off", "baseline_figure": round(n / m(offs, "wall")),
                       "ratio": round(m(ons, "wall") / m(offs, "wall"), 3), "added_latency_pct": round(added, 1),
