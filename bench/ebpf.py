@@ -15,8 +15,8 @@ Figures:
 - the tracer's userspace alone: one run's events replayed through fresh sessions with nothing else
   running (the code's own cost, apart from what sharing the machine with the load adds);
 - the service's latency at a fixed request rate (``--rate``, open loop: each request is due at its
-  slot and timed from it), tracer off and on in interleaved rounds, p50/p90/p99: what a service
-  that does not keep the machine busy sees. The back-to-back load alone keeps ~1.3 of the 2 vCPUs
+  slot and timed from it), tracer off, on, and on at normal CPU priority (``ebpf.cpu_policy``) in
+  interleaved rounds, p50/p90/p99: what a service that does not keep the machine busy sees. The back-to-back load alone keeps ~1.3 of the 2 vCPUs
   busy, so there the tracer's own CPU competes with the service.
 
 Root + bcc only (python3-bpfcc), except ``--replay``.
@@ -146,12 +146,12 @@ class Null:
 
 
 def traced(prefix: str, n: int, pin: bool = False, record: list | None = None, rate: float = 0.0,
-           latencies: list | None = None) -> dict:
+           latencies: list | None = None, settings=None) -> dict:
     """One run with the whole collector on, its default flush interval: wall, load CPU, the tracer
     thread's CPU (ring reads, parsing, flushes, the final one included), rows, events, losses.
     ``record``: gets the run's events, as plain tuples (``Event`` fields)."""
     sink = Null()
-    col = EbpfCollector(sink, comm=prefix)
+    col = EbpfCollector(sink, comm=prefix, settings=settings)
     if not col.start():
         raise EbpfUnavailable(col.error)
     try:
@@ -233,30 +233,40 @@ def kernel_only(prefix: str, n: int) -> dict:
 
 
 def fixed_rate(prefix: str, rate: float, n: int, rounds: int) -> dict:
-    """The traced service's latency at a fixed request rate, tracer off and on, rounds interleaved:
-    what a service that does not saturate the machine sees (the back-to-back figure keeps both
-    vCPUs busy with the load alone, so there the tracer's CPU competes with it)."""
-    offs: list[list[float]] = []
-    ons: list[list[float]] = []
+    """The traced service's latency at a fixed request rate, tracer off, on (its default CPU policy,
+    SCHED_IDLE) and on at normal priority (``ebpf.cpu_policy: normal``), rounds interleaved: what a
+    service that does not saturate the machine sees (the back-to-back figure keeps both vCPUs busy
+    with the load alone, so there the tracer's CPU competes with it)."""
+    from flowscope.config import EbpfSettings
+
+    lats: dict[str, list[list[float]]] = {"off": [], "idle": [], "normal": []}
     cpu = []
     for _ in range(rounds):
-        lat: list[float] = []
-        run(prefix, n, rate=rate, latencies=lat)
-        offs.append(lat)
-        lat = []
-        cpu.append(traced(prefix, n, rate=rate, latencies=lat)["cpu"])
-        ons.append(lat)
+        for policy, runs in lats.items():
+            lat: list[float] = []
+            if policy == "off":
+                run(prefix, n, rate=rate, latencies=lat)
+            else:
+                r = traced(prefix, n, rate=rate, latencies=lat, settings=EbpfSettings(cpu_policy=policy))
+                if policy == "idle":
+                    cpu.append(r["cpu"])
+            runs.append(lat)
 
     def q(xs: list[float], p: float) -> float:
-        return statistics.quantiles(xs, n=100, method="inclusive")[round(p * 100) - 1] if p < 1 else max(xs)
+        return statistics.quantiles(xs, n=100, method="inclusive")[round(p * 100) - 1]
 
     out = {}
+    offs = lats["off"]
     for p in (0.5, 0.9, 0.99):
-        added = med([pct(q(on, p), q(off, p)) for on, off in zip(ons, offs, strict=True)])
-        off_all, on_all = [x for r in offs for x in r], [x for r in ons for x in r]
-        print(f"fixed rate {rate:,.0f} req/s, p{p * 100:g}: off {q(off_all, p) * 1e6:,.0f} µs, "
-              f"on {q(on_all, p) * 1e6:,.0f} µs; added latency {added:+.1f}% (median of {rounds} interleaved rounds)")
-        out[f"rated_p{p * 100:g}_added_pct"] = round(added, 1)
+        line = []
+        for policy in ("idle", "normal"):
+            added = med([pct(q(on, p), q(off, p)) for on, off in zip(lats[policy], offs, strict=True)])
+            on_all = [x for r in lats[policy] for x in r]
+            line.append(f"on ({policy}) {q(on_all, p) * 1e6:,.0f} µs, {added:+.1f}%")
+            out[f"rated_p{p * 100:g}_added_pct" + ("" if policy == "idle" else "_normal")] = round(added, 1)
+        off_all = [x for r in offs for x in r]
+        print(f"fixed rate {rate:,.0f} req/s, p{p * 100:g}: off {q(off_all, p) * 1e6:,.0f} µs; " + "; ".join(line)
+              + f" (added: median of {rounds} interleaved rounds)")
     share = med(cpu) / (n / rate) * 100
     print(f"fixed rate {rate:,.0f} req/s: tracer CPU {share:.1f}% of a core")
     out |= {"rate": rate, "rated_tracer_cpu_pct": round(share, 1)}

@@ -134,6 +134,7 @@ def test_socket_table_is_bounded() -> None:
     (EbpfSettings(payload_bytes=8192), "ebpf.payload_bytes: a power of two in 64..4096"),
     (EbpfSettings(perf_pages=100), "ebpf.perf_pages: a power of two"),
     (EbpfSettings(max_events_per_s=-1), "max_events_per_s >= 0"),
+    (EbpfSettings(cpu_policy="low"), "ebpf.cpu_policy: idle or normal, got 'low'"),
 ])
 def test_ebpf_settings_are_validated(settings: EbpfSettings, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -83,6 +84,7 @@ class EbpfCollector:
         return f" ({'; '.join(parts)})" if parts else " (all processes)"
 
     def _run(self) -> None:
+        self._set_cpu_policy()
         last_flush = last_expire = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -107,6 +109,16 @@ class EbpfCollector:
         self.sessions.close_all()
         self.flush(final=True)
         self.cpu_s = time.thread_time()
+
+    def _set_cpu_policy(self) -> None:
+        """On the tracer thread: SCHED_IDLE unless ``ebpf.cpu_policy`` is normal (see EbpfSettings)."""
+        if self.settings.cpu_policy != "idle":
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))     # 0: this thread
+            self.stats["cpu policy idle"] = 1
+        except (AttributeError, OSError) as e:     # not Linux, or refused: run at normal priority
+            log.info("eBPF tracer thread stays at normal CPU priority: %s", e)
 
     def flush(self, final: bool = False) -> None:
         """Rows to l7_flow_log; their counts to application[_map] 1s, and 1m once a minute is
