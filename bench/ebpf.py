@@ -3,10 +3,10 @@ with the tracer off, on, and loaded with a consumer that only drains the buffer,
 (``--rounds`` rounds, medians).
 
 Figures:
-- requests traced per second of tracer CPU (one core) and the tracer's CPU per 1k requests, in
-  steady state (the collector is warmed up first: imports, caches); the tracer's CPU is its
-  thread's, from before the load to its last flush (rows to a sink that drops them: storage is
-  bench/insert.py's figure);
+- requests traced per second of tracer CPU (one core) and the tracer's CPU per 1k requests, at the
+  default CPU policy (SCHED_IDLE) and at normal priority, in steady state (the collector is warmed
+  up first: imports, caches); the tracer's CPU is its thread's, from before the load to its last
+  flush (rows to a sink that drops them: storage is bench/insert.py's figure);
 - the added client latency with the tracer on, and with only the kernel side on (the consumer
   drains and drops the records: the programs' cost on the traced syscalls, without userspace
   competing for the cores); the load's CPU (client + server, the programs run in their syscalls);
@@ -307,12 +307,15 @@ def main() -> None:
         print(f"eBPF unavailable: {e}")
         print(json.dumps({"bench": "ebpf", "figure": 0, "unit": "req/s per core", "error": str(e)}))
         return
-    offs, ons, kerns, pinned_offs, pinned_ons = [], [], [], [], []
+    from flowscope.config import EbpfSettings
+
+    offs, ons, normals, kerns, pinned_offs, pinned_ons = [], [], [], [], [], []
     pin = (os.cpu_count() or 1) >= 2
     for _ in range(rounds):
         wall, load = run(prefix, n)
         offs.append({"wall": wall, "load": load})
         ons.append(traced(prefix, n))
+        normals.append(traced(prefix, n, settings=EbpfSettings(cpu_policy="normal")))
         kerns.append(kernel_only(prefix, n))
         if pin:
             mask = os.sched_getaffinity(0)
@@ -341,6 +344,11 @@ def main() -> None:
           f"{us_per_req(offs, 'load'):.0f} µs/request")
     print(f"tracer on:   {n / m(ons, 'wall'):,.0f} req/s, load CPU {us_per_req(ons, 'load'):.0f} µs/request; "
           f"added latency {added:+.1f}%")
+    added_normal = med([pct(on["wall"], off["wall"]) for on, off in zip(normals, offs, strict=True)])
+    per_core_normal = med([r["rows"] / 2 / r["cpu"] for r in normals if r["cpu"]])
+    print(f"tracer on at normal CPU priority (ebpf.cpu_policy: normal): {n / m(normals, 'wall'):,.0f} req/s, added "
+          f"latency {added_normal:+.1f}%; tracer {us_per_req(normals, 'cpu'):.0f} µs CPU per request = "
+          f"{per_core_normal:,.0f} requests/s per core")
     print(f"kernel only: {n / m(kerns, 'wall'):,.0f} req/s, load CPU {us_per_req(kerns, 'load'):.0f} µs/request; "
           f"added latency {added_kernel:+.1f}% (consumer drains and drops: {us_per_req(kerns, 'cpu'):.0f} µs/request)")
     print(f"tracer: {us_per_req(ons, 'cpu'):.0f} µs CPU per request = {per_core:,.0f} requests/s per core, "
@@ -354,7 +362,8 @@ def main() -> None:
     replay_us, replay_rows = replayed(events, n, a.reps)
     print(f"tracer userspace alone (one run's events replayed, no load running): {replay_us:.0f} µs CPU per "
           f"request = {1e6 / replay_us:,.0f} requests/s per core; rows {replay_rows}")
-    extra = {"replay_figure": round(1e6 / replay_us), "replay_us_per_req": round(replay_us, 1)}
+    extra = {"replay_figure": round(1e6 / replay_us), "replay_us_per_req": round(replay_us, 1),
+             "normal_priority_figure": round(per_core_normal), "normal_priority_added_latency_pct": round(added_normal, 1)}
     if pinned_ons:
         added_pinned = med([pct(on["wall"], off["wall"]) for on, off in zip(pinned_ons, pinned_offs, strict=True)])
         per_core_pinned = med([r["rows"] / 2 / r["cpu"] for r in pinned_ons if r["cpu"]])
