@@ -4,7 +4,7 @@ with the tracer off, on, and loaded with a consumer that only drains the buffer,
 
 Figures:
 - requests traced per second of tracer CPU (one core) and the tracer's CPU per 1k requests, at the
-  default CPU policy (SCHED_IDLE) and at normal priority, in steady state (the collector is warmed
+  default CPU policy and at SCHED_IDLE (``ebpf.cpu_policy: idle``), in steady state (the collector is warmed
   up first: imports, caches); the tracer's CPU is its thread's, from before the load to its last
   flush (rows to a sink that drops them: storage is bench/insert.py's figure);
 - the added client latency with the tracer on, and with only the kernel side on (the consumer
@@ -15,7 +15,7 @@ Figures:
 - the tracer's userspace alone: one run's events replayed through fresh sessions with nothing else
   running (the code's own cost, apart from what sharing the machine with the load adds);
 - the service's latency at a fixed request rate (``--rate``, open loop: each request is due at its
-  slot and timed from it), tracer off, on, and on at normal CPU priority (``ebpf.cpu_policy``) in
+  slot and timed from it), tracer off, on, and on at SCHED_IDLE (``ebpf.cpu_policy: idle``) in
   interleaved rounds, p50/p90/p99: what a service that does not keep the machine busy sees. The back-to-back load alone keeps ~1.3 of the 2 vCPUs
   busy, so there the tracer's own CPU competes with the service.
 
@@ -233,13 +233,13 @@ def kernel_only(prefix: str, n: int) -> dict:
 
 
 def fixed_rate(prefix: str, rate: float, n: int, rounds: int) -> dict:
-    """The traced service's latency at a fixed request rate, tracer off, on (its default CPU policy,
-    SCHED_IDLE) and on at normal priority (``ebpf.cpu_policy: normal``), rounds interleaved: what a
+    """The traced service's latency at a fixed request rate, tracer off, on (its default CPU policy)
+    and on at SCHED_IDLE (``ebpf.cpu_policy: idle``), rounds interleaved: what a
     service that does not saturate the machine sees (the back-to-back figure keeps both vCPUs busy
     with the load alone, so there the tracer's CPU competes with it)."""
     from flowscope.config import EbpfSettings
 
-    lats: dict[str, list[list[float]]] = {"off": [], "idle": [], "normal": []}
+    lats: dict[str, list[list[float]]] = {"off": [], "normal": [], "idle": []}
     cpu = []
     for _ in range(rounds):
         for policy, runs in lats.items():
@@ -248,7 +248,7 @@ def fixed_rate(prefix: str, rate: float, n: int, rounds: int) -> dict:
                 run(prefix, n, rate=rate, latencies=lat)
             else:
                 r = traced(prefix, n, rate=rate, latencies=lat, settings=EbpfSettings(cpu_policy=policy))
-                if policy == "idle":
+                if policy == "normal":
                     cpu.append(r["cpu"])
             runs.append(lat)
 
@@ -259,11 +259,11 @@ def fixed_rate(prefix: str, rate: float, n: int, rounds: int) -> dict:
     offs = lats["off"]
     for p in (0.5, 0.9, 0.99):
         line = []
-        for policy in ("idle", "normal"):
+        for policy in ("normal", "idle"):
             added = med([pct(q(on, p), q(off, p)) for on, off in zip(lats[policy], offs, strict=True)])
             on_all = [x for r in lats[policy] for x in r]
             line.append(f"on ({policy}) {q(on_all, p) * 1e6:,.0f} µs, {added:+.1f}%")
-            out[f"rated_p{p * 100:g}_added_pct" + ("" if policy == "idle" else "_normal")] = round(added, 1)
+            out[f"rated_p{p * 100:g}_added_pct" + ("" if policy == "normal" else "_idle")] = round(added, 1)
         off_all = [x for r in offs for x in r]
         print(f"fixed rate {rate:,.0f} req/s, p{p * 100:g}: off {q(off_all, p) * 1e6:,.0f} µs; " + "; ".join(line)
               + f" (added: median of {rounds} interleaved rounds)")
@@ -309,13 +309,13 @@ def main() -> None:
         return
     from flowscope.config import EbpfSettings
 
-    offs, ons, normals, kerns, pinned_offs, pinned_ons = [], [], [], [], [], []
+    offs, ons, idles, kerns, pinned_offs, pinned_ons = [], [], [], [], [], []
     pin = (os.cpu_count() or 1) >= 2
     for _ in range(rounds):
         wall, load = run(prefix, n)
         offs.append({"wall": wall, "load": load})
         ons.append(traced(prefix, n))
-        normals.append(traced(prefix, n, settings=EbpfSettings(cpu_policy="normal")))
+        idles.append(traced(prefix, n, settings=EbpfSettings(cpu_policy="idle")))
         kerns.append(kernel_only(prefix, n))
         if pin:
             mask = os.sched_getaffinity(0)
@@ -344,11 +344,11 @@ def main() -> None:
           f"{us_per_req(offs, 'load'):.0f} µs/request")
     print(f"tracer on:   {n / m(ons, 'wall'):,.0f} req/s, load CPU {us_per_req(ons, 'load'):.0f} µs/request; "
           f"added latency {added:+.1f}%")
-    added_normal = med([pct(on["wall"], off["wall"]) for on, off in zip(normals, offs, strict=True)])
-    per_core_normal = med([r["rows"] / 2 / r["cpu"] for r in normals if r["cpu"]])
-    print(f"tracer on at normal CPU priority (ebpf.cpu_policy: normal): {n / m(normals, 'wall'):,.0f} req/s, added "
-          f"latency {added_normal:+.1f}%; tracer {us_per_req(normals, 'cpu'):.0f} µs CPU per request = "
-          f"{per_core_normal:,.0f} requests/s per core")
+    added_idle = med([pct(on["wall"], off["wall"]) for on, off in zip(idles, offs, strict=True)])
+    per_core_idle = med([r["rows"] / 2 / r["cpu"] for r in idles if r["cpu"]])
+    print(f"tracer on at SCHED_IDLE (ebpf.cpu_policy: idle): {n / m(idles, 'wall'):,.0f} req/s, added "
+          f"latency {added_idle:+.1f}%; tracer {us_per_req(idles, 'cpu'):.0f} µs CPU per request = "
+          f"{per_core_idle:,.0f} requests/s per core; lost {sum(r['lost'] for r in idles)}")
     print(f"kernel only: {n / m(kerns, 'wall'):,.0f} req/s, load CPU {us_per_req(kerns, 'load'):.0f} µs/request; "
           f"added latency {added_kernel:+.1f}% (consumer drains and drops: {us_per_req(kerns, 'cpu'):.0f} µs/request)")
     print(f"tracer: {us_per_req(ons, 'cpu'):.0f} µs CPU per request = {per_core:,.0f} requests/s per core, "
@@ -363,7 +363,7 @@ def main() -> None:
     print(f"tracer userspace alone (one run's events replayed, no load running): {replay_us:.0f} µs CPU per "
           f"request = {1e6 / replay_us:,.0f} requests/s per core; rows {replay_rows}")
     extra = {"replay_figure": round(1e6 / replay_us), "replay_us_per_req": round(replay_us, 1),
-             "normal_priority_figure": round(per_core_normal), "normal_priority_added_latency_pct": round(added_normal, 1)}
+             "idle_policy_figure": round(per_core_idle), "idle_policy_added_latency_pct": round(added_idle, 1)}
     if pinned_ons:
         added_pinned = med([pct(on["wall"], off["wall"]) for on, off in zip(pinned_ons, pinned_offs, strict=True)])
         per_core_pinned = med([r["rows"] / 2 / r["cpu"] for r in pinned_ons if r["cpu"]])

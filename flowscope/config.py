@@ -132,11 +132,12 @@ class EbpfSettings:
     perf_pages: int = 256                  # perf buffer pages per CPU (a power of two)
     tls: bool = True                       # OpenSSL SSL_read/SSL_write uprobes (HTTPS in plaintext)
     tls_libraries: list[str] | None = None  # None: the system's libssl.so.3
-    # "idle": the tracer thread runs at SCHED_IDLE, so a traced thread that wakes up takes the CPU
-    # from it at once (at normal priority it waits for the end of the tracer's time slice: +150% p90
-    # latency measured with both on one CPU); when the CPUs are saturated, the tracer falls behind
-    # and its buffer overflows (counted) instead. "normal": the tracer competes like any thread.
-    cpu_policy: str = "idle"
+    # "normal": the tracer thread competes for the CPU like any thread. "idle": SCHED_IDLE, so a
+    # traced thread that wakes up takes the CPU from it at once (at normal priority it may wait for
+    # the end of the tracer's time slice: +150% p90 latency with both on one CPU); but when other
+    # threads keep every CPU busy the tracer starves: its buffer overflows (counted) and the
+    # process's other threads wait for the GIL it holds (see README).
+    cpu_policy: str = "normal"
 
 
 @dataclass

@@ -111,7 +111,7 @@ class EbpfCollector:
         self.cpu_s = time.thread_time()
 
     def _set_cpu_policy(self) -> None:
-        """On the tracer thread: SCHED_IDLE unless ``ebpf.cpu_policy`` is normal (see EbpfSettings)."""
+        """On the tracer thread: SCHED_IDLE when ``ebpf.cpu_policy`` is idle (see EbpfSettings)."""
         if self.settings.cpu_policy != "idle":
             return
         try:
