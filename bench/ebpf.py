@@ -4,9 +4,9 @@ with the tracer off, on, and loaded with a consumer that only drains the buffer,
 
 Figures:
 - requests traced per second of tracer CPU (one core) and the tracer's CPU per 1k requests, at the
-  default CPU policy and at SCHED_IDLE (``ebpf.cpu_policy: idle``), in steady state (the collector is warmed
-  up first: imports, caches); the tracer's CPU is its thread's, from before the load to its last
-  flush (rows to a sink that drops them: storage is bench/insert.py's figure);
+  default CPU policy and at SCHED_IDLE (``ebpf.cpu_policy: idle``), in steady state (the collector
+  is warmed up first: imports, caches); the tracer's CPU is its thread's, from before the load to
+  its last flush (rows to a sink that drops them: storage is bench/insert.py's figure);
 - the added client latency with the tracer on, and with only the kernel side on (the consumer
   drains and drops the records: the programs' cost on the traced syscalls, without userspace
   competing for the cores); the load's CPU (client + server, the programs run in their syscalls);
@@ -16,8 +16,9 @@ Figures:
   running (the code's own cost, apart from what sharing the machine with the load adds);
 - the service's latency at a fixed request rate (``--rate``, open loop: each request is due at its
   slot and timed from it), tracer off, on, and on at SCHED_IDLE (``ebpf.cpu_policy: idle``) in
-  interleaved rounds, p50/p90/p99: what a service that does not keep the machine busy sees. The back-to-back load alone keeps ~1.3 of the 2 vCPUs
-  busy, so there the tracer's own CPU competes with the service.
+  interleaved rounds, p50/p90/p99: what a service that does not keep the machine busy sees. The
+  back-to-back load alone keeps ~1.3 of the 2 vCPUs busy, so there the tracer's own CPU competes
+  with the service.
 
 Root + bcc only (python3-bpfcc), except ``--replay``.
 
@@ -125,7 +126,8 @@ def run(prefix: str, n: int, pin: bool = False, rate: float = 0.0,
                            preexec_fn=pre)
     try:
         port = srv.stdout.readline().strip()
-        args = [RATED_CLIENT, f"{prefix}-cli", port, str(n), str(rate)] if rate else [CLIENT, f"{prefix}-cli", port, str(n)]
+        args = [RATED_CLIENT, f"{prefix}-cli", port, str(n), str(rate)] if rate else \
+            [CLIENT, f"{prefix}-cli", port, str(n)]
         out = subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True, check=True,
                              preexec_fn=pre)
     finally:
@@ -234,9 +236,9 @@ def kernel_only(prefix: str, n: int) -> dict:
 
 def fixed_rate(prefix: str, rate: float, n: int, rounds: int) -> dict:
     """The traced service's latency at a fixed request rate, tracer off, on (its default CPU policy)
-    and on at SCHED_IDLE (``ebpf.cpu_policy: idle``), rounds interleaved: what a
-    service that does not saturate the machine sees (the back-to-back figure keeps both vCPUs busy
-    with the load alone, so there the tracer's CPU competes with it)."""
+    and on at SCHED_IDLE (``ebpf.cpu_policy: idle``), rounds interleaved: what a service that does
+    not saturate the machine sees (the back-to-back figure keeps both vCPUs busy with the load
+    alone, so there the tracer's CPU competes with it)."""
     from flowscope.config import EbpfSettings
 
     lats: dict[str, list[list[float]]] = {"off": [], "normal": [], "idle": []}
