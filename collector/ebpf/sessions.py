@@ -38,6 +38,7 @@ from collector.flow.report import (
     add_l7_counts,
     l7_counts_of,
     l7_record,
+    l7_session_counts,
     l7_session_record,
 )
 from collector.l7.base import MASK32, REQUEST, RESPONSE, SESSION, GiveUp
@@ -404,15 +405,17 @@ class EbpfSessions:
                 rq, rs = meta.pop(id(req), NO_META), meta.pop(id(resp), NO_META)
                 t = resp.ts // SEC          # the row id: its time's second, then a sequence number
                 rec = l7_session_record(req, resp, protocol, t << 32 | (row_seq & MASK32), 0)
+                counts = l7_session_counts(rec)
             else:
                 rq = meta.pop(id(req), NO_META) if req is not None else NO_META
                 rs = meta.pop(id(resp), NO_META) if resp is not None and resp is not req else (
                     rq if resp is not None else NO_META)
                 t = (resp if resp is not None else req).ts // SEC
                 rec = l7_record(kind, req, resp, status, protocol, t << 32 | (row_seq & MASK32), 0)
+                counts = l7_counts_of(req, resp, rec)
             rows.append(flow + rec + side + (rq[0], rs[0], rq[1], rs[1], rq[2], rs[2]))
             if acc is not None:     # this second's application counts per socket, protocol and endpoint
-                add_l7_counts(acc, (st, t, rec[_PROTO], rec[_ENDPOINT]), l7_counts_of(req, resp, rec))
+                add_l7_counts(acc, (st, t, rec[_PROTO], rec[_ENDPOINT]), counts)
         self.stats["rows"] += row_seq - self._row_seq
         self._row_seq = row_seq
 

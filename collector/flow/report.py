@@ -142,15 +142,6 @@ class RowBuilder:
         out, self.seconds = self.seconds, []
         return out
 
-    @staticmethod
-    def l7_counts(f: Flow, protocol: int, endpoint: str, counts: tuple) -> None:
-        """One L7 record's counts (``l7_counts_of``) into this second's per-endpoint accumulators,
-        which ``second`` turns into the network (l7_* / rrt_*) and application rows."""
-        acc = f.l7s
-        if acc is None:
-            acc = f.l7s = {}
-        add_l7_counts(acc, (protocol, endpoint), counts)
-
     def take_app(self) -> list[tuple]:
         out, self.app = self.app, []
         return out
@@ -257,6 +248,14 @@ def l7_counts_of(req, resp, rec: tuple) -> tuple:
     rrt = rec[_REC_RRT] if has_rrt else 0
     return (n_req, n_resp, 1 if n_resp and status == CLIENT_ERROR else 0, 1 if n_resp and status == SERVER_ERROR else 0,
             1 if status == TIMEOUT else 0, rrt, has_rrt, rrt)
+
+
+def l7_session_counts(rec: tuple) -> tuple:
+    """``l7_counts_of`` for a request paired with its response (``l7_session_record``'s row), the
+    common record, without the tests for a missing half."""
+    status, rrt = rec[_REC_STATUS], rec[_REC_RRT]
+    return (1, 1, 1 if status == CLIENT_ERROR else 0, 1 if status == SERVER_ERROR else 0,
+            1 if status == TIMEOUT else 0, rrt, 1, rrt)
 
 
 def add_l7_counts(acc: dict, key, counts: tuple) -> None:

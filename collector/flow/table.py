@@ -40,13 +40,15 @@ from collector.flow.observation import NearEnd, observation_point
 from collector.flow.report import (
     RowBuilder,
     add_counts,
+    add_l7_counts,
     l7_counts_of,
     l7_flow_part,
     l7_record,
+    l7_session_counts,
     l7_session_record,
 )
 from collector.flow.tcp import ACK, ESTABLISHED, FIN, NOT_TCP, RST, SYN
-from collector.l7.base import CLIENT_ERROR, OK, REQUEST, SERVER_ERROR, SESSION, TIMEOUT
+from collector.l7.base import REQUEST, SESSION
 from collector.l7.registry import MAX_ATTEMPTS, Detector
 from collector.l7.session import Sessions
 from collector.tagging import Tagger
@@ -445,45 +447,23 @@ class FlowTable:
         if w is None:
             w = f.l7w = [0] * 9
         # request, response, client_error, server_error, timeout, rrt_sum, rrt_count, rrt_max, parse_failed
+        acc = f.l7s             # this second's counts by (protocol, endpoint): RowBuilder.second's input
+        if acc is None:
+            acc = f.l7s = {}
         id_mid = rb._id_mid
         for kind, req, resp, status in records:
             rb._row_seq += 1
             row_id = (sec << 32) | id_mid | (rb._row_seq & 0x3FFFFF)
             if kind == SESSION and status is None and req is not resp:
-                # A paired request and response, the common record: its counts go into the window
-                # (``w``, l4_flow_log) and this second's per-endpoint accumulators as
-                # ``RowBuilder.l7_counts`` would, without the tests for a missing half.
+                # a paired request and response, the common record
                 rec = l7_session_record(req, resp, state.protocol, row_id, f.l7_rev)
-                rows.append(flow_part + rec)
-                st = rec[16]            # response_status
-                rrt = rec[4]            # response_duration
-                acc = f.l7s
-                if acc is None:
-                    acc = f.l7s = {}
-                key = (rec[5], rec[14])     # l7_protocol, endpoint
-                cur = acc.get(key)
-                if cur is None:
-                    acc[key] = cur = [0, 0, 0, 0, 0, 0, 0, rrt]
-                for counts in (w, cur):
-                    counts[0] += 1
-                    counts[1] += 1
-                    counts[5] += rrt
-                    counts[6] += 1
-                    if rrt > counts[7]:
-                        counts[7] = rrt
-                    if st != OK:
-                        if st == CLIENT_ERROR:
-                            counts[2] += 1
-                        elif st == SERVER_ERROR:
-                            counts[3] += 1
-                        elif st == TIMEOUT:
-                            counts[4] += 1
-                continue
-            rec = l7_record(kind, req, resp, status, state.protocol, row_id, f.l7_rev)
+                counts = l7_session_counts(rec)
+            else:
+                rec = l7_record(kind, req, resp, status, state.protocol, row_id, f.l7_rev)
+                counts = l7_counts_of(req, resp, rec)
             rows.append(flow_part + rec)
-            counts = l7_counts_of(req, resp, rec)
             add_counts(w, counts)
-            rb.l7_counts(f, rec[5], rec[14], counts)
+            add_l7_counts(acc, (rec[5], rec[14]), counts)      # l7_protocol, endpoint
         self.l7_stats["records"] += len(records)
         if not f.dirty:             # counts made at a timer (timeouts) go out with the next second
             f.dirty = True
