@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := chdb://$(CURDIR)/.flowscope/demo
 DEMO_METADATA := sqlite:///$(CURDIR)/.flowscope/demo-metadata.db
-DEB_TEST_PACKAGES := python3-venv iproute2 ethtool tshark mariadb-server python3-bpfcc bpfcc-tools linux-headers-amd64 redis-server curl openssl
+DEB_TEST_PACKAGES := python3-venv iproute2 iputils-ping ethtool tshark mariadb-server python3-bpfcc bpfcc-tools linux-headers-amd64 redis-server curl openssl
 export DEBIAN_FRONTEND := noninteractive
 # rich tables in the demo: wide enough not to cut cells
 export COLUMNS ?= 150
@@ -46,7 +46,7 @@ demo: $(BIN)/flowscope
 	    "SELECT Enum(l7_protocol) AS protocol, Sum(request) AS requests, Sum(error) AS errors, round(Avg(rrt)) AS avg_rrt_us FROM application_map GROUP BY l7_protocol ORDER BY requests DESC LIMIT 3"; \
 	  kill -TERM $$pid; wait $$pid 2>/dev/null; true
 
-# Debian packages the tests use (tshark: packet truth; iproute2/ethtool: live capture in namespaces).
+# Debian packages the tests use (tshark: packet truth; iproute2/iputils-ping/ethtool: live capture in namespaces).
 deps:
 	@missing=""; for p in $(DEB_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
