@@ -52,8 +52,8 @@ def collect_rows(path: Path) -> list[tuple]:
 
 def synthetic(rows: list[tuple], n: int, seed: int = 7) -> list[tuple]:
     """``n`` rows cycled from ``rows`` with fresh identities: 2,000 client and 300 server IPs in
-    10.244.0.0/16, random ephemeral ports, flow ids and _ids, times over one hour, sorted by time
-    like a collector writes them."""
+    10.244.0.0/16, random ephemeral ports, flow ids and _ids numbered as the collector numbers them,
+    times over one hour, sorted by time like a collector writes them."""
     from collector.flow.report import L4_COLUMNS
 
     ix = {c: i for i, c in enumerate(L4_COLUMNS)}
@@ -74,7 +74,8 @@ def synthetic(rows: list[tuple], n: int, seed: int = 7) -> list[tuple]:
         r[ix["start_time"]] = r[ix["end_time"]] - dur
         r[ix["time"]] = end_s
         r[ix["_id"]] = end_s << 32 | (k & 0x3FFFFF)
-        r[ix["flow_id"]] = rnd.getrandbits(63)
+        # as the flow table numbers flows: creation time (~1.07 s units) above a per-collector sequence
+        r[ix["flow_id"]] = ((r[ix["start_time"]] * 1000) >> 30 & 0xFFFFFFFF) << 32 | (k & 0xFFFFFF)
         out.append(tuple(r))
     return out
 
