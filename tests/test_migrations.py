@@ -356,6 +356,24 @@ def test_single_node_statements_have_no_cluster_clauses():
     assert "ON CLUSTER" not in text and "Replicated" not in text and "Distributed" not in text
 
 
+def test_l4_codecs_keep_zstd_where_rows_carry_entropy(chdb):
+    """sql/0007: the insert-speed codecs land on the applied table (and on the replicated local table
+    ON CLUSTER): LZ4 for counters and ids that are mostly defaults, ZSTD kept for times and addresses."""
+    migrate.apply(chdb)
+    codecs = dict(chdb.query("SELECT name, compression_codec FROM system.columns "
+                             "WHERE database = 'flow_log' AND table = 'l4_flow_log'").result_rows)
+    assert codecs["packet_tx"] == "CODEC(T64, LZ4)"
+    assert codecs["pod_id_1"] == "CODEC(LZ4)"
+    assert codecs["time"] == "CODEC(DoubleDelta, LZ4)"
+    assert codecs["start_time"] == codecs["ip4_0"] == codecs["syn_seq"] == "CODEC(ZSTD(1))"
+    assert codecs["_id"] == "CODEC(DoubleDelta, ZSTD(1))"
+    l7 = dict(chdb.query("SELECT name, compression_codec FROM system.columns "
+                         "WHERE database = 'flow_log' AND table = 'l7_flow_log'").result_rows)
+    assert l7["pod_id_1"] == "CODEC(ZSTD(1))"
+    [alter] = [s for s in migrate.render("prod") if "MODIFY COLUMN packet_tx" in s]
+    assert alter.startswith("ALTER TABLE flow_log.l4_flow_log_local ON CLUSTER prod\n    MODIFY COLUMN time CODEC(")
+
+
 def test_cluster_ddl_for_l4_flow_log():
     statements = migrate.render("prod")
     local = [s for s in statements if s.startswith("CREATE TABLE IF NOT EXISTS flow_log.l4_flow_log_local ")]
