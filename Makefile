@@ -14,7 +14,12 @@ export COLUMNS ?= 150
 .PHONY: demo test deps lint bench clean
 
 $(BIN)/flowscope: pyproject.toml
-	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@# Debian's python3 has no venv module without python3-venv: as root, install it (a fresh machine)
+	@$(PYTHON) -m venv $(VENV) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv"; rm -rf $(VENV); \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
+	  else echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; fi; }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
