@@ -7,7 +7,8 @@ Store (cached under bench/out/datasource-<rows>/, rebuilt when missing or with -
 ``flowscope collect`` over every fixture pcap with the lab inventory (pods, Services, hosts), then
 INSERT … SELECT inside ClickHouse multiplies those rows — times spread over 24 h, client IPs and
 ports shifted — to ``--rows`` l4_flow_log and ``--rows`` l7_flow_log rows, and ~1M rows in each
-flow_metrics .1m table. ``_ingest_time`` is set far ahead so the tables' TTL never empties the cache.
+flow_metrics .1m table (the single-side network/application tables seeded with the tagged server
+ends of the two-sided ones: the fixtures have no pod NIC as capture point). ``_ingest_time`` is set far ahead so the tables' TTL never empties the cache.
 
 Queries: the DeepFlow SQL of the stock dashboards (reference/grafana-integration.md §2.1 — variables,
 saved panel SQL and the SDK-generated G1–G8) with the lab's names, over the last hour of the data.
@@ -208,6 +209,7 @@ def build_store(root: Path, rows: int) -> None:
         raise SystemExit(f"flowscope collect failed:\n{p.stderr}")
     client = connect(f"chdb://{root / 'chdb'}")
     try:
+        _server_sides(client)
         end = int(time.time()) // 60 * 60
         for table, target, kind in (("flow_log.l4_flow_log", rows, "log"), ("flow_log.l7_flow_log", rows, "log"),
                                     ("flow_metrics.`network.1m`", METRIC_ROWS, "metric"),
@@ -220,6 +222,20 @@ def build_store(root: Path, rows: int) -> None:
     finally:
         client.close()
     (root / "complete").write_text(f"{rows}\n")
+
+
+def _server_sides(client) -> None:
+    """The fixtures were captured where no pod NIC is the capture point (a bridge, netlab's links), so
+    the collector wrote the pod-tagged traffic only to the two-sided tables: a single-side row is
+    made at a pod's own NIC. The seed gets those rows here — each tagged server end of network_map /
+    application_map as a server row (role 1) of network / application — so the dashboards' variable
+    queries (pod_cluster, pod_ns, pod_group over network.1m) have values to find, as on a node."""
+    for one, two in (("network.1m", "network_map.1m"), ("application.1m", "application_map.1m")):
+        dst = [r[0] for r in client.query(f"DESCRIBE TABLE flow_metrics.`{one}`").result_rows]
+        src = {r[0] for r in client.query(f"DESCRIBE TABLE flow_metrics.`{two}`").result_rows}
+        exprs = ["1" if c == "role" else f"`{c}_1`" if f"{c}_1" in src else f"`{c}`" for c in dst]
+        client.command(f"INSERT INTO flow_metrics.`{one}` ({', '.join(f'`{c}`' for c in dst)}) "
+                       f"SELECT {', '.join(exprs)} FROM flow_metrics.`{two}` WHERE pod_id_1 != 0")
 
 
 def _multiply(client, table: str, target: int, kind: str, end: int) -> None:
