@@ -8,6 +8,7 @@ DEMO   := chdb://$(CURDIR)/.flowscope/demo
 DEMO_METADATA := sqlite:///$(CURDIR)/.flowscope/demo-metadata.db
 DEB_TEST_PACKAGES := python3-venv iproute2 iputils-ping ethtool tshark mariadb-server python3-bpfcc bpfcc-tools linux-headers-amd64 redis-server curl openssl
 export DEBIAN_FRONTEND := noninteractive
+APT_INSTALL := apt-get update -qq && apt-get install -y -qq --no-install-recommends
 # rich tables in the demo: wide enough not to cut cells
 export COLUMNS ?= 150
 
@@ -18,7 +19,7 @@ $(BIN)/flowscope: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing python3-venv"; rm -rf $(VENV); \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
+	    $(APT_INSTALL) python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
 	  else echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; fi; }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -56,7 +57,7 @@ deps:
 	@missing=""; for p in $(DEB_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "make test needs root to install:$$missing"; exit 1; fi; \
-	  echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  echo "installing:$$missing"; $(APT_INSTALL) $$missing >/dev/null; \
 	fi
 	@# bcc (eBPF tests, --ebpf): tracefs mounted, and a kernel-headers path for the running kernel
 	@# (Debian's newest amd64 headers: they only let bcc compile; the tracer reads no kernel struct).

@@ -8,7 +8,8 @@ Store (cached under bench/out/datasource-<rows>/, rebuilt when missing or with -
 INSERT … SELECT inside ClickHouse multiplies those rows — times spread over 24 h, client IPs and
 ports shifted — to ``--rows`` l4_flow_log and ``--rows`` l7_flow_log rows, and ~1M rows in each
 flow_metrics .1m table (the single-side network/application tables seeded with the tagged server
-ends of the two-sided ones: the fixtures have no pod NIC as capture point). ``_ingest_time`` is set far ahead so the tables' TTL never empties the cache.
+ends of the two-sided ones: the fixtures have no pod NIC as capture point). ``_ingest_time`` is set
+far ahead so the tables' TTL never empties the cache.
 
 Queries: the DeepFlow SQL of the stock dashboards (reference/grafana-integration.md §2.1 — variables,
 saved panel SQL and the SDK-generated G1–G8) with the lab's names, over the last hour of the data.
