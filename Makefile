@@ -6,7 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := chdb://$(CURDIR)/.flowscope/demo
 DEMO_METADATA := sqlite:///$(CURDIR)/.flowscope/demo-metadata.db
-DEB_TEST_PACKAGES := python3-venv iproute2 iputils-ping ethtool tshark mariadb-server python3-bpfcc bpfcc-tools linux-headers-amd64 redis-server curl openssl
+# a C compiler and Python's headers: setup.py compiles the per-packet modules (without them those run as Python)
+BUILD_PACKAGES := gcc libc6-dev python3-dev
+DEB_TEST_PACKAGES := $(BUILD_PACKAGES) python3-venv iproute2 iputils-ping ethtool tshark mariadb-server python3-bpfcc bpfcc-tools linux-headers-amd64 redis-server curl openssl
 export DEBIAN_FRONTEND := noninteractive
 APT_INSTALL := apt-get update -qq && apt-get install -y -qq --no-install-recommends
 # rich tables in the demo: wide enough not to cut cells
@@ -14,18 +16,30 @@ export COLUMNS ?= 150
 
 .PHONY: demo test deps lint bench clean
 
-$(BIN)/flowscope: pyproject.toml
+$(BIN)/flowscope: pyproject.toml setup.py
 	@# Debian's python3 has no venv module without python3-venv: as root, install it (a fresh machine)
 	@$(PYTHON) -m venv $(VENV) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing python3-venv"; rm -rf $(VENV); \
 	    $(APT_INSTALL) python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
 	  else echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; fi; }
-	$(BIN)/pip install -q --upgrade pip
+	@# the compiler for the per-packet modules: as root, installed when missing; otherwise they run as Python
+	@missing=""; for p in $(BUILD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then echo "installing:$$missing"; $(APT_INSTALL) $$missing >/dev/null; \
+	  else echo "no$$missing: the per-packet modules will run uncompiled (slower)"; fi; \
+	fi
+	$(BIN)/pip install -q --upgrade pip setuptools
 	$(BIN)/pip install -q -e '.[test]'
+	@touch $@ $(BUILT)
+
+# the compiled modules again when a collector source changed since (setup.py only redoes what changed)
+BUILT := $(VENV)/.built
+$(BUILT): setup.py $(wildcard collector/*.py collector/*/*.py collector/*/*.pxd) | $(BIN)/flowscope
+	$(BIN)/python setup.py -q build_ext --inplace
 	@touch $@
 
-demo: $(BIN)/flowscope
+demo: $(BIN)/flowscope $(BUILT)
 	@rm -rf .flowscope/demo .flowscope/demo-metadata.db
 	@echo "== flowscope collect: the bundled pcaps (real traffic from ../shared/netlab and a Kube-OVN-like node) into the embedded store, tagged with their inventory"
 	$(BIN)/flowscope collect --clickhouse $(DEMO) --metadata $(DEMO_METADATA) --inventory tests/data/inventory/lab.yaml \
@@ -69,14 +83,14 @@ deps:
 	  fi; \
 	fi
 
-test: deps $(BIN)/flowscope
+test: deps $(BIN)/flowscope $(BUILT)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 lint: $(BIN)/flowscope
 	$(BIN)/ruff check .
 
-bench: $(BIN)/flowscope
+bench: $(BIN)/flowscope $(BUILT)
 	$(BIN)/python bench/collector_l4.py
 	$(BIN)/python bench/insert.py
 	$(BIN)/python bench/flow_memory.py
@@ -86,4 +100,5 @@ bench: $(BIN)/flowscope
 	$(BIN)/python bench/dashboards.py
 
 clean:
-	rm -rf $(VENV) .flowscope .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .flowscope .pytest_cache .ruff_cache *.egg-info build
+	find collector -name '*.so' -delete

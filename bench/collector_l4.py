@@ -7,6 +7,8 @@ reader, Ethernet→IP→TCP/UDP objects, a 5-tuple dict) over the same file, in 
 Input: the committed fixture pcaps (real traffic: HTTP, DNS, Redis, MySQL, MQTT, gRPC, VXLAN,
 Geneve, IPIP, VLAN, IPv6, retransmissions…) replayed with shifted ports until ≥ 300k packets.
 CPU time of this process is measured (the machine is shared and noisy); medians are reported.
+The per-packet modules run compiled when setup.py built them (``make``); ``FLOWSCOPE_PURE=1``
+measures their ``.py`` form. The JSON line says which ran ("form").
 """
 
 from __future__ import annotations
@@ -92,11 +94,14 @@ def main() -> None:
         ours.append(n / dt2)
         print(f"run {i + 1}: dpkt loop {n / dt:,.0f} pkt/s ({nflows:,} 5-tuples) | flowscope {n / dt2:,.0f} pkt/s "
               f"({flows:,} flows, {l4_rows:,} l4 rows, {fs_rows:,} flow-seconds)")
+    from collector.compiled import forms
+
     f, b = median(ours), median(base)
-    print(f"median: flowscope {f:,.0f} pkt/s, dpkt loop {b:,.0f} pkt/s, ratio {f / b:.2f}")
+    form = "/".join(sorted(set(forms().values()) - {"not loaded"}))
+    print(f"median: flowscope {f:,.0f} pkt/s ({form}), dpkt loop {b:,.0f} pkt/s, ratio {f / b:.2f}")
     result("collector_l4", f, "pkt/s", "dpkt loop (reader + parse + 5-tuple dict)", b,
            f"tests/data/*.pcap replayed x{n // 6864} ({n} packets)", runs=args.runs,
-           python=sys.version.split()[0])
+           python=sys.version.split()[0], form=form)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Per-flow deltas → ``flow_metrics`` rows at 1 s and 1 m (datamodel §3, "How the agent produces
 them"): flow-seconds into ``network`` / ``network_map``, L7 records into ``application`` /
 ``application_map``.

@@ -16,6 +16,8 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import cython
+
 from collector.capture.base import (
     DIR_IN,
     DIR_OUT,
@@ -56,6 +58,15 @@ _IF_TSOFFSET = 14
 _EPB_FLAGS = 2
 _FLAG_DIRECTION = (DIR_UNKNOWN, DIR_IN, DIR_OUT, DIR_UNKNOWN)  # epb_flags bits 0-1; 3 is invalid
 _ISB_IFDROP = 5
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(b=bytes, o=cython.Py_ssize_t)
+@cython.returns(cython.ulonglong)
+def _le32(b, o):
+    """A little-endian 32-bit field (compiled form only; the source reads these with struct)."""
+    return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | cython.cast(cython.ulonglong, b[o + 3]) << 24
 
 
 class _Chunks:
@@ -210,11 +221,17 @@ class PcapSource:
 
     # -- classic pcap -----------------------------------------------------------------------------------
 
+    # C types for the compiled form (setup.py); the record loop is per packet
+    @cython.locals(pos=cython.Py_ssize_t, s=cython.Py_ssize_t, nxt=cython.Py_ssize_t, end=cython.Py_ssize_t,
+                   start=cython.Py_ssize_t, caplen=cython.Py_ssize_t, cap=cython.Py_ssize_t, n=cython.Py_ssize_t,
+                   n0=cython.Py_ssize_t, le=cython.bint, wb=cython.longlong, wlen=cython.longlong, sec=cython.longlong,
+                   frac=cython.longlong, div=cython.longlong, buf=bytes, batch=list)
     def _read_pcap(self, fi: int, f: BinaryIO, bo: str, ns: bool) -> Iterator[list[Packet]]:
         nic = self._nic_keys[(fi, 0, 0)]
         f.seek(24)
         ch = _Chunks(f)
         unpack = struct.Struct(bo + "IIII").unpack_from
+        le = bo == "<"
         st = self._stats
         cap = MAX_CAPLEN
         batch: list[Packet] = []
@@ -229,7 +246,11 @@ class PcapSource:
             div = 1000 if ns else 1    # fraction of a second: ns or µs
             try:
                 for _ in range(BATCH - n0):
-                    sec, frac, caplen, wlen = unpack(buf, pos)
+                    if cython.compiled and le and pos + 16 <= end:     # the header read in place
+                        sec, frac, caplen, wlen = (_le32(buf, pos), _le32(buf, pos + 4), _le32(buf, pos + 8),
+                                                   _le32(buf, pos + 12))
+                    else:
+                        sec, frac, caplen, wlen = unpack(buf, pos)
                     s = pos + 16
                     nxt = s + caplen
                     if nxt > end or caplen > cap:

@@ -13,6 +13,8 @@ import struct
 from collections import OrderedDict
 from typing import NamedTuple
 
+import cython
+
 from flowscope.enums import TunnelType
 
 # Tuple layout returned by Decoder.decode (index constants for readers off the hot path).
@@ -117,6 +119,11 @@ class Decoder:
             self._skip("truncated header")
             return None
 
+    # C integers in the compiled form (setup.py): offsets and header fields
+    @cython.locals(off=cython.Py_ssize_t, et=cython.int, l2=cython.Py_ssize_t, tier=cython.int, vlan=cython.int,
+                   n=cython.Py_ssize_t, l3=cython.Py_ssize_t, l4o=cython.Py_ssize_t, tot=cython.Py_ssize_t,
+                   frag=cython.int, proto=cython.int, is_v4=cython.int, doff=cython.int, thl=cython.Py_ssize_t,
+                   flags=cython.int, tci=cython.int)
     def _net(self, frame: bytes, off: int, et: int, l2: int, tier: int, tunnel: Tunnel | None,
              vlan: int = 0):
         """From an ethertype at ``off`` down to L4. Common shapes (IPv4 without options or IPv6
@@ -374,6 +381,9 @@ class Decoder:
                 tunnel)
 
     # -- L4 ---------------------------------------------------------------------------------
+    @cython.locals(off=cython.Py_ssize_t, l3=cython.Py_ssize_t, proto=cython.int, is_v4=cython.int, et=cython.int,
+                   vlan=cython.int, l2=cython.Py_ssize_t, tier=cython.int, n=cython.Py_ssize_t, thl=cython.Py_ssize_t,
+                   doff=cython.int, flags=cython.int)
     def _l4(self, frame, off, l3, proto, src, dst, is_v4, et, vlan, l2, tier, tunnel, fragment=False):
         n = len(frame) - off
         if l3 < 0:

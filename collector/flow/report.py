@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from operator import sub
 
-from collector.flow.model import N_LAT3, SEC, ZERO_IP6, ZERO_LAT, Flow, side_counters
+import cython
+
+from collector.flow.model import N_LAT3, SEC, ZERO_IP6, ZERO_LAT, Flow, FlowSide, side_counters
 from collector.l7.base import CLIENT_ERROR, SERVER_ERROR, SESSION, TIMEOUT
 from collector.tagging import RESOURCE_COLUMNS
 
@@ -68,6 +70,7 @@ APP_METERS = ("request", "response", "client_error", "server_error", "timeout", 
               "rrt_max", "direction_score")
 APP_COLUMNS = ("time",) + FS_KEY + ("l7_protocol", "endpoint") + APP_METERS
 
+@cython.locals(f=Flow)
 def fold_into_window(f: Flow, acc: list[int]) -> None:
     """Add one second's latency accumulators into the flow's window accumulators."""
     win = f.win_lat
@@ -102,6 +105,7 @@ class RowBuilder:
                   self.nics[f.nic].capture_nic, t.type if t is not None else 0)
 
     # -- metrics input ------------------------------------------------------------------------
+    @cython.locals(f=Flow, c=FlowSide, s=FlowSide)
     def second(self, f: Flow, sec: int) -> None:
         """Deltas of one flow for second ``sec``; latency samples also fold into the window."""
         c, s = f.client, f.server
@@ -147,6 +151,7 @@ class RowBuilder:
         return out
 
     # -- l4_flow_log ----------------------------------------------------------------------------
+    @cython.locals(f=Flow, c=FlowSide, s=FlowSide)
     def l4_row(self, f: Flow, close_type: int, end_us: int) -> tuple:
         """The row of the current window; ``end_us`` is the last packet (close) or window end."""
         c, s = f.client, f.server
@@ -167,6 +172,7 @@ class RowBuilder:
                 + (cc[0], sc[0], cc[1], sc[1]) + (ZERO_LAT if lat is None else tuple(lat))
                 + (ZERO_L4_L7 if f.l7w is None else tuple(f.l7w)))
 
+    @cython.locals(f=Flow, c=FlowSide, s=FlowSide)
     def new_window(self, f: Flow, start_us: int) -> None:
         """Start the next 60 s window of a live flow."""
         c, s = f.client, f.server
@@ -212,6 +218,7 @@ L7_RECORD = ("time", "_id", "start_time", "end_time", "response_duration", "l7_p
 L7_COLUMNS = L7_FLOW + L7_RECORD
 
 
+@cython.locals(f=Flow, c=FlowSide, s=FlowSide)
 def l7_flow_part(f: Flow, agent_id: int) -> tuple:
     """The flow's share of an l7_flow_log row (its 5-tuple, capture point and resource tags)."""
     c, s = f.client, f.server

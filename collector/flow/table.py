@@ -17,6 +17,8 @@ import heapq
 import struct
 from dataclasses import dataclass, field
 
+import cython
+
 from collector.decode.packet import ETH, SLL, SLL2, Decoder
 from collector.flow import tcp
 from collector.flow.model import (
@@ -62,6 +64,15 @@ _ip4_udp = struct.Struct("!HxxHxxxxIIHH").unpack_from
 _ip6_l4 = struct.Struct("!HBx16s16sHHIIBBH").unpack_from
 _OPENING2 = tcp.OPENING2
 NO_L7 = object()     # Flow.l7 when the flow is not (or no longer) parsed
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(b=bytes, o=cython.Py_ssize_t)
+@cython.returns(cython.ulonglong)
+def _be32(b, o):
+    """A big-endian 32-bit field (compiled form only; the source reads these with struct)."""
+    return cython.cast(cython.ulonglong, b[o]) << 24 | b[o + 1] << 16 | b[o + 2] << 8 | b[o + 3]
 
 
 @dataclass
@@ -152,6 +163,14 @@ class FlowTable:
         self._linktypes[nic_id] = info.linktype
 
     # -- hot loop ---------------------------------------------------------------------------
+    # C types for the compiled form (setup.py): packet fields as C integers, flows and sides as
+    # the cdef classes of model.pxd (their counters are C fields)
+    @cython.locals(sd=FlowSide, f=Flow, ts=cython.longlong, wl=cython.longlong, l3=cython.longlong,
+                   l4=cython.longlong, flags=cython.longlong, seq=cython.longlong, ack=cython.longlong,
+                   win=cython.longlong, next_tick=cython.longlong, d=cython.longlong, skipped=cython.longlong,
+                   l4o=cython.int, poff=cython.int, l2=cython.int, tot=cython.int, frag=cython.int,
+                   doff=cython.int, b=cython.int, ioff=cython.int, ttype=cython.int, vni=cython.int,
+                   slow=cython.bint, v4=cython.bint, frame=bytes, flows=dict, tunnels=dict, dirty=list, lts=list)
     def process(self, batch: list[tuple[int, bytes, int, int, int]]) -> None:
         """Feed ``(ts_us, frame, wire_len, nic_id, direction)`` packets in capture order."""
         decode = self.decoder.decode
@@ -180,7 +199,18 @@ class FlowTable:
                 if frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45:
                     proto = frame[23]
                     if proto == 6:
-                        tot, frag, src, dst, sport, dport, seq, ack, doff, flags, win = ip4_tcp(frame, 16)
+                        if cython.compiled:     # the same fields read in place (no tuple of ints)
+                            tot = frame[16] << 8 | frame[17]
+                            frag = frame[20] << 8 | frame[21]
+                            src = _be32(frame, 26)
+                            dst = _be32(frame, 30)
+                            sport = frame[34] << 8 | frame[35]
+                            dport = frame[36] << 8 | frame[37]
+                            seq = _be32(frame, 38)
+                            ack = _be32(frame, 42)
+                            doff, flags, win = frame[46], frame[47], frame[48] << 8 | frame[49]
+                        else:
+                            tot, frag, src, dst, sport, dport, seq, ack, doff, flags, win = ip4_tcp(frame, 16)
                         if not (frag & 0x3FFF or doff < 0x50 or 0 < tot < 40):
                             slow = False
                             l3 = (tot or len(frame) - 14) - 20
@@ -190,7 +220,15 @@ class FlowTable:
                                 l4 = 0
                             flags |= (doff & 1) << 8
                     elif proto == 17:
-                        tot, frag, src, dst, sport, dport = ip4_udp(frame, 16)
+                        if cython.compiled:
+                            tot = frame[16] << 8 | frame[17]
+                            frag = frame[20] << 8 | frame[21]
+                            src = _be32(frame, 26)
+                            dst = _be32(frame, 30)
+                            sport = frame[34] << 8 | frame[35]
+                            dport = frame[36] << 8 | frame[37]
+                        else:
+                            tot, frag, src, dst, sport, dport = ip4_udp(frame, 16)
                         if frag & 0x3FFF or tot < 28:
                             pass
                         elif dport not in tunnel_ports:

@@ -1,0 +1,106 @@
+"""The compiled and the pure-Python forms of the per-packet modules (setup.py, collector/compiled.py)
+make the same rows: every fixture pcap through the flow table with L7 parsing, once with the
+extensions ``make test`` builds and once with ``FLOWSCOPE_PURE=1`` (the ``.py`` sources), in fresh
+processes, and every l4/l7/flow-second/application row compared."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector import compiled
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+
+# Runs in a child: each fixture file through its own flow table, every row kept (repr: exact values
+# and types, except that an IntEnum counts as its int: the compiled table stores some in C fields),
+# and which form each compiled module had.
+CHILD = r"""
+import hashlib, importlib, json, sys
+from collector import compiled
+from collector.capture.pcap import PcapSource
+from collector.flow.table import FlowTable, NicInfo
+from collector.l7.registry import Detector
+from flowscope.config import Config
+
+def plain(v):
+    return int(v) if isinstance(v, int) and type(v) is not bool else v
+
+class Sink:
+    def __init__(self):
+        self.rows = {"l4": [], "l7": [], "seconds": [], "app": []}
+    def __getattr__(self, kind):
+        return self.rows[kind].extend
+
+out = {}
+for path in sys.argv[1:]:
+    sink = Sink()
+    table = FlowTable(sink, l7=Detector(Config().l7.parser_config()))
+    with PcapSource([path]) as src:
+        for batch in src.batches():
+            for nic_id, nic in src.nics.items():
+                if nic_id >= len(table.nics) or table.nics[nic_id] is None:
+                    table.add_nic(nic_id, NicInfo(name=nic.name, linktype=nic.linktype))
+            table.process(batch)
+    table.flush()
+    out[path.rsplit("/", 1)[1]] = {
+        k: [len(v), hashlib.sha256(repr([tuple(map(plain, r)) for r in v]).encode()).hexdigest()]
+        for k, v in sink.rows.items()}
+for name in compiled.MODULES:
+    importlib.import_module(name)
+print(json.dumps({"forms": compiled.forms(), "rows": out}))
+"""
+
+
+def run(pure: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "FLOWSCOPE_PURE"}
+    if pure:
+        env["FLOWSCOPE_PURE"] = "1"
+    files = sorted(str(p) for p in DATA.glob("*.pcap*"))
+    p = subprocess.run([sys.executable, "-c", CHILD, *files], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="module")
+def both() -> tuple[dict, dict]:
+    return run(pure=False), run(pure=True)
+
+
+def test_make_test_built_every_compiled_module(both):
+    """``make test`` installs a C compiler, so a build that quietly fell back to the sources (an
+    optional extension failing to compile) shows up here and not only as a slower benchmark."""
+    built, pure = both
+    assert set(built["forms"].values()) == {"compiled"}, built["forms"]
+    assert set(pure["forms"].values()) == {"python"}, pure["forms"]
+
+
+def test_compiled_and_pure_modules_make_identical_rows(both):
+    built, pure = both
+    assert len(built["rows"]) >= 20
+    total = {k: sum(r[k][0] for r in built["rows"].values()) for k in ("l4", "l7", "seconds", "app")}
+    assert min(total.values()) > 0, total          # every kind of row is exercised
+    for name, rows in built["rows"].items():
+        assert rows == pure["rows"][name], name
+
+
+def test_an_extension_older_than_its_source_is_not_imported(tmp_path):
+    """An edited module that was not rebuilt runs from its source, not as the old compiled code."""
+    source = ROOT / "collector" / "flow" / "table.py"
+    if compiled._extension(source) is None:
+        pytest.skip("not built")
+    assert not compiled.stale(source)           # make test rebuilt it
+    copy = tmp_path / "table.py"
+    copy.write_text("")
+    ext = compiled._extension(source)
+    built = tmp_path / ext.name
+    built.write_bytes(b"")
+    os.utime(built, (1, 1))
+    assert compiled.stale(copy)
