@@ -28,6 +28,7 @@ MODULES = (
     "collector.l7.session",
     "collector.l7.stream",
     "collector.metrics",
+    "collector.writer",
 )
 log = logging.getLogger("flowscope.compiled")
 

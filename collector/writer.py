@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Rows → ClickHouse: schema-driven Arrow conversion, batched inserts on a background thread,
 a bounded queue, and a disk spool that keeps data through storage outages.
 

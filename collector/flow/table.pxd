@@ -2,6 +2,11 @@
 # of a cdef class (its per-flow methods read them without attribute lookups)
 from collector.flow.model cimport Flow, FlowSide
 from collector.flow.report cimport RowBuilder
+from collector.l7.session cimport Sessions
+
+cdef class L7State:
+    cdef public object parser, protocol, wake, flow_part
+    cdef public Sessions sessions
 
 cdef class FlowTable:
     cdef public object sink, cfg, decoder, tagger, sec, l7
