@@ -1,7 +1,9 @@
 """The per-packet modules that setup.py compiles (Cython, pure-Python mode): which form this process
-runs, and when the ``.py`` source is imported instead of the extension next to it — with
-``FLOWSCOPE_PURE=1`` (debugging; the test that holds both forms to the same rows), and when the
-extension is older than its ``.py`` or ``.pxd`` (an edit not rebuilt yet must not run old code)."""
+runs. The compiled forms are used together or not at all: they share cdef classes across modules
+(table.pxd cimports report.pxd's RowBuilder), so a compiled table next to a report imported from
+source fails to load. The ``.py`` sources run instead with ``FLOWSCOPE_PURE=1`` (debugging; the
+test that holds both forms to the same rows), and when any extension is missing or older than its
+``.py`` or ``.pxd`` (an edit not rebuilt yet must not run old code): a warning, then all sources."""
 
 from __future__ import annotations
 
@@ -52,29 +54,38 @@ def stale(source: Path) -> bool:
 
 
 class _SourceFirst(MetaPathFinder):
-    """Finds the ``.py`` of a compiled module when the extension must not be used."""
-
-    def __init__(self, pure: bool) -> None:
-        self.pure = pure
+    """Finds the ``.py`` of each compiled module (on the import path only when the sources run)."""
 
     def find_spec(self, name, path, target=None):
         if name not in MODULES or not path:
             return None
         source = Path(path[0]) / (name.rpartition(".")[2] + ".py")
-        if not source.exists() or _extension(source) is None:
+        if not source.exists():
             return None
-        if not self.pure:
-            if not stale(source):
-                return None
-            log.warning("%s: the compiled module is older than its source; running the source "
-                        "(rebuild: pip install -e . or make)", name)
         return importlib.util.spec_from_file_location(name, source)
 
 
+def unusable(root: Path) -> list[str]:
+    """The modules whose extension is missing or older than their source: [] when all are fresh,
+    and when none was built (no compiler: the sources run without a word)."""
+    sources = {name: root.joinpath(*name.split(".")[1:]).with_suffix(".py") for name in MODULES}
+    built = {name: _extension(src) is not None for name, src in sources.items()}
+    if not any(built.values()):
+        return []
+    return [name for name, src in sources.items() if not built[name] or stale(src)]
+
+
 def install() -> None:
-    """Put the finder first on the import path (once, from collector/__init__.py)."""
-    if not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
-        sys.meta_path.insert(0, _SourceFirst(bool(os.environ.get("FLOWSCOPE_PURE"))))
+    """Called once from collector/__init__.py, before any of these modules is imported."""
+    if any(isinstance(f, _SourceFirst) for f in sys.meta_path):
+        return
+    if not os.environ.get("FLOWSCOPE_PURE"):
+        bad = unusable(Path(__file__).resolve().parent)
+        if not bad:
+            return
+        log.warning("compiled modules missing or older than their source: %s; every per-packet module "
+                    "runs from source (rebuild: make, or pip install -e .)", ", ".join(bad))
+    sys.meta_path.insert(0, _SourceFirst())
 
 
 def forms() -> dict[str, str]:

@@ -5,6 +5,7 @@ processes, and every l4/l7/flow-second/application row compared."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -91,16 +92,46 @@ def test_compiled_and_pure_modules_make_identical_rows(both):
         assert rows == pure["rows"][name], name
 
 
-def test_an_extension_older_than_its_source_is_not_imported(tmp_path):
-    """An edited module that was not rebuilt runs from its source, not as the old compiled code."""
-    source = ROOT / "collector" / "flow" / "table.py"
-    if compiled._extension(source) is None:
-        pytest.skip("not built")
-    assert not compiled.stale(source)           # make test rebuilt it
-    copy = tmp_path / "table.py"
-    copy.write_text("")
-    ext = compiled._extension(source)
-    built = tmp_path / ext.name
-    built.write_bytes(b"")
-    os.utime(built, (1, 1))
-    assert compiled.stale(copy)
+def _tree(root: Path, built: set[str], old: set[str] = frozenset()) -> None:
+    """A package tree like collector/: every compiled module's .py, and an (empty) extension for
+    those in ``built``; the ones in ``old`` were built before their source changed."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    for name in compiled.MODULES:
+        src = root.joinpath(*name.split(".")[1:]).with_suffix(".py")
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text("")
+        if name in built:
+            ext = src.with_name(src.stem + suffix)
+            ext.write_bytes(b"")
+            if name in old:
+                os.utime(ext, (1, 1))
+
+
+def test_extensions_run_all_together_or_not_at_all(tmp_path):
+    """The compiled modules share cdef classes (a compiled table.py cannot load next to a report.py
+    run from source), so one missing or stale extension sends every module to its source."""
+    everything = set(compiled.MODULES)
+    _tree(tmp_path / "fresh", everything)
+    assert compiled.unusable(tmp_path / "fresh") == []
+    _tree(tmp_path / "none", set())
+    assert compiled.unusable(tmp_path / "none") == []            # no compiler: sources, silently
+    _tree(tmp_path / "edited", everything, old={"collector.flow.report"})
+    assert compiled.unusable(tmp_path / "edited") == ["collector.flow.report"]
+    _tree(tmp_path / "partial", everything - {"collector.writer"})
+    assert compiled.unusable(tmp_path / "partial") == ["collector.writer"]
+
+
+def test_a_stale_extension_runs_every_module_from_source(tmp_path):
+    """What a process does with a stale tree: warns once and imports every module from source."""
+    if compiled.unusable(ROOT / "collector"):
+        pytest.skip("this checkout's extensions are not all fresh")
+    script = ("import logging, sys; logging.basicConfig(); from collector import compiled; "
+              "compiled.unusable = lambda root: ['collector.flow.report']; "
+              "sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, compiled._SourceFirst)]; "
+              "compiled.install(); import collector.flow.table, collector.flow.report; "
+              "print(sorted(set(compiled.forms().values()) - {'not loaded'}))")
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "FLOWSCOPE_PURE"})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["['python']"]
+    assert "collector.flow.report" in p.stderr and "runs from source" in p.stderr

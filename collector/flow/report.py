@@ -14,7 +14,7 @@ from operator import sub
 import cython
 
 from collector.flow.model import N_LAT3, SEC, ZERO_IP6, ZERO_LAT, Flow, FlowSide, side_counters
-from collector.l7.base import CLIENT_ERROR, SERVER_ERROR, SESSION, TIMEOUT
+from collector.l7.base import CLIENT_ERROR, SERVER_ERROR, SESSION, TIMEOUT, L7Message
 from collector.tagging import RESOURCE_COLUMNS
 
 LAT_NAMES = ("rtt", "rtt_client", "rtt_server", "srt", "art", "cit")
@@ -227,6 +227,7 @@ def l7_flow_part(f: Flow, agent_id: int) -> tuple:
             agent_id, 0, f.score, c.tag_id, s.tag_id)
 
 
+@cython.locals(req=L7Message, resp=L7Message)      # both present: a paired session
 def l7_session_record(req, resp, protocol: int, row_id: int, reversed_: int) -> tuple:
     """``l7_record`` of a request paired with its own response (SESSION, no status override): the
     common record, without the general case's tests for a missing half."""
