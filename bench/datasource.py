@@ -25,6 +25,9 @@ Each is measured
     same client (the baseline; ClickHouse answers a statement it has just run a little faster, so the
     baseline is never the statement the server just ran), and for the "again" figure the very SQL the
     server ran, right after it; the overhead ratios are end-to-end / direct.
+The HTTP floor: a bare ASGI app on the same uvicorn that runs the same ClickHouse SQL on a worker
+thread and answers a few bytes, measured the same way (what HTTP, the server and the hand-offs
+cost on this machine before any datasource code).
 Translation time over the dashboard queries and the reference's §7 examples (n/a when the dialect is
 not importable): cold (``translate_uncached``: parse, translate, check, build the shape's template —
 what a new statement costs) and shape-cached (``translate`` of the dashboard queries with a new time
@@ -457,6 +460,71 @@ class HttpxClient(LibraryClient):
 CLIENTS = {"process": ProcessClient, "raw": RawClient, "stdlib": StdlibClient, "httpx": HttpxClient}
 
 
+def floor_app(client, settings: dict):
+    """The least an HTTP datasource can be: a bare ASGI app that runs the ClickHouse SQL it is sent on
+    a worker thread (the engine must not block the event loop) and answers a few bytes. Its overhead
+    over the direct run is what HTTP, uvicorn and the thread hand-offs cost on this machine."""
+    import asyncio
+    from urllib.parse import parse_qs
+
+    def run(sql: str) -> int:
+        return len(client.query(sql, settings=settings).result_rows)
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        n = await asyncio.to_thread(run, parse_qs(body.decode())["sql"][0])
+        out = b'{"rows":%d}' % n
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(out)).encode()), (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": out})
+
+    return app
+
+
+def floor_overhead(client, settings: dict, end: int, runs: int, client_kind: str) -> float | None:
+    """Overhead of summed p50s of ``floor_app`` over the direct run, on the dashboard queries that
+    translate to one ClickHouse statement, measured like the datasource (new range each request)."""
+    from datasource.dialect import DialectError, translate
+
+    server, url = serve(floor_app(client, settings))
+    http = CLIENTS[client_kind](url)
+    e2e_sum = direct_sum = 0.0
+    try:
+        for _name, db, prec, template in DASHBOARD:
+            e2e, direct = [], []
+            for i in range(runs + 2):
+                sql, base = (template.replace("{F}", str(end - 3600 - 2 * i - k)).replace("{T}", str(end - 2 * i - k))
+                             for k in (0, 1))
+                try:
+                    q1, q0 = translate(sql, db, prec).queries, translate(base, db, prec).queries
+                except DialectError:
+                    break
+                if len(q1) != 1 or len(q0) != 1:
+                    break
+                request = http.prepare("/", {}, {"sql": q1[0]})
+                t0 = time.perf_counter()
+                _rows = len(client.query(q0[0], settings=settings).result_rows)
+                t1 = time.perf_counter()
+                seconds = http.send(request)[2]
+                if i >= 2:
+                    direct.append(t1 - t0)
+                    e2e.append(seconds)
+            if e2e:
+                e2e_sum += statistics.median(e2e)
+                direct_sum += statistics.median(direct)
+    finally:
+        server.should_exit = True
+        http.close()
+    return e2e_sum / direct_sum - 1 if direct_sum else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000, help="rows in l4_flow_log and in l7_flow_log")
@@ -564,6 +632,10 @@ def main() -> None:
               f"overhead of summed p50s {overhead * 100:+.1f} % with a new time range per request, "
               f"{overhead_cached * 100:+.1f} % for the same statement again (goal ≤ 5 %); "
               f"{len(rows_out) - len(measured)} of {len(rows_out)} refused")
+        floor = floor_overhead(client, settings, end, args.runs, args.client)
+        if floor is not None:
+            print(f"HTTP floor on this machine: a bare ASGI app running the same SQL on a worker thread "
+                  f"adds {floor * 100:+.1f} % (single-statement queries, same measurement)")
         tr_extra = ({"translate_p50_ms": None, "translate_p99_ms": None} if tr is None else
                     {"translate_p50_ms": round(percentile([t * 1000 for t in tr["times"]], .5), 2),
                      "translate_p99_ms": round(percentile([t * 1000 for t in tr["times"]], .99), 2),
@@ -574,6 +646,7 @@ def main() -> None:
                p95_direct, f"{len(measured)} stock-dashboard DeepFlow queries over {n4:,} l4 + {n7:,} l7 flow-log rows "
                f"(chDB), last hour", overhead_pct=round(overhead * 100, 1),
                overhead_cached_pct=round(overhead_cached * 100, 1), refused=len(rows_out) - len(measured),
+               floor_overhead_pct=None if floor is None else round(floor * 100, 1),
                client=args.client, **tr_extra)
     finally:
         client.close()

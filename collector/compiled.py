@@ -30,6 +30,7 @@ MODULES = (
     "collector.l7.session",
     "collector.l7.stream",
     "collector.metrics",
+    "collector.tagging",
     "collector.writer",
 )
 log = logging.getLogger("flowscope.compiled")

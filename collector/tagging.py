@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Resource tags of a flow end (datamodel §1c/§6), interned as small integer ids.
 
 Flows, rows and metric keys carry a ``tag_id``; the tuple behind it is expanded into the 19
