@@ -198,14 +198,16 @@ class FlowTable:
             if lts[nic] == 1 and len(frame) >= 54:
                 if frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45:
                     proto = frame[23]
+                    if cython.compiled and (proto == 6 or proto == 17):
+                        # the fields read in place, not as a tuple of ints from struct
+                        tot = frame[16] << 8 | frame[17]
+                        frag = frame[20] << 8 | frame[21]
+                        src = _be32(frame, 26)
+                        dst = _be32(frame, 30)
+                        sport = frame[34] << 8 | frame[35]
+                        dport = frame[36] << 8 | frame[37]
                     if proto == 6:
-                        if cython.compiled:     # the same fields read in place (no tuple of ints)
-                            tot = frame[16] << 8 | frame[17]
-                            frag = frame[20] << 8 | frame[21]
-                            src = _be32(frame, 26)
-                            dst = _be32(frame, 30)
-                            sport = frame[34] << 8 | frame[35]
-                            dport = frame[36] << 8 | frame[37]
+                        if cython.compiled:
                             seq = _be32(frame, 38)
                             ack = _be32(frame, 42)
                             doff, flags, win = frame[46], frame[47], frame[48] << 8 | frame[49]
@@ -220,14 +222,7 @@ class FlowTable:
                                 l4 = 0
                             flags |= (doff & 1) << 8
                     elif proto == 17:
-                        if cython.compiled:
-                            tot = frame[16] << 8 | frame[17]
-                            frag = frame[20] << 8 | frame[21]
-                            src = _be32(frame, 26)
-                            dst = _be32(frame, 30)
-                            sport = frame[34] << 8 | frame[35]
-                            dport = frame[36] << 8 | frame[37]
-                        else:
+                        if not cython.compiled:
                             tot, frag, src, dst, sport, dport = ip4_udp(frame, 16)
                         if frag & 0x3FFF or tot < 28:
                             pass
