@@ -460,6 +460,13 @@ class HttpxClient(LibraryClient):
 CLIENTS = {"process": ProcessClient, "raw": RawClient, "stdlib": StdlibClient, "httpx": HttpxClient}
 
 
+def new_ranges(template: str, end: int, i: int) -> tuple[str, str]:
+    """Round ``i``'s statement for the server and another one for the direct baseline: each a new
+    one-hour range (as Grafana refreshes; ClickHouse answers a statement it has just run faster)."""
+    return tuple(template.replace("{F}", str(end - 3600 - 2 * i - k)).replace("{T}", str(end - 2 * i - k))
+                 for k in (0, 1))
+
+
 def floor_app(client, settings: dict):
     """The least an HTTP datasource can be: a bare ASGI app that runs the ClickHouse SQL it is sent on
     a worker thread (the engine must not block the event loop) and answers a few bytes. Its overhead
@@ -500,8 +507,7 @@ def floor_overhead(client, settings: dict, end: int, runs: int, client_kind: str
         for _name, db, prec, template in DASHBOARD:
             e2e, direct = [], []
             for i in range(runs + 2):
-                sql, base = (template.replace("{F}", str(end - 3600 - 2 * i - k)).replace("{T}", str(end - 2 * i - k))
-                             for k in (0, 1))
+                sql, base = new_ranges(template, end, i)
                 try:
                     q1, q0 = translate(sql, db, prec).queries, translate(base, db, prec).queries
                 except DialectError:
@@ -575,8 +581,7 @@ def main() -> None:
             for i in range(args.runs + 2):          # two warm-up rounds, then measured
                 # a new range per refresh, like Grafana's; the direct baseline runs a new range of its own
                 # (ClickHouse answers a statement it has just run a little faster)
-                sql, base = (template.replace("{F}", str(end - 3600 - 2 * i - k)).replace("{T}", str(end - 2 * i - k))
-                             for k in (0, 1))
+                sql, base = new_ranges(template, end, i)
                 form = {"db": db, "sql": sql, **({"data_precision": prec} if prec else {})}
                 try:
                     base_queries = translate(base, db, prec).queries

@@ -44,11 +44,8 @@ def _extension(source: Path) -> Path | None:
     return None
 
 
-def stale(source: Path) -> bool:
-    """True when the compiled form of ``source`` is older than the source or its ``.pxd``."""
-    ext = _extension(source)
-    if ext is None:
-        return False
+def _older(ext: Path, source: Path) -> bool:
+    """The extension was built before its source or its ``.pxd`` last changed."""
     built = ext.stat().st_mtime
     pxd = source.with_suffix(".pxd")
     return source.stat().st_mtime > built or (pxd.exists() and pxd.stat().st_mtime > built)
@@ -69,11 +66,14 @@ class _SourceFirst(MetaPathFinder):
 def unusable(root: Path) -> list[str]:
     """The modules whose extension is missing or older than their source: [] when all are fresh,
     and when none was built (no compiler: the sources run without a word)."""
-    sources = {name: root.joinpath(*name.split(".")[1:]).with_suffix(".py") for name in MODULES}
-    built = {name: _extension(src) is not None for name, src in sources.items()}
-    if not any(built.values()):
-        return []
-    return [name for name, src in sources.items() if not built[name] or stale(src)]
+    bad, built = [], 0
+    for name in MODULES:
+        source = root.joinpath(*name.split(".")[1:]).with_suffix(".py")
+        ext = _extension(source)
+        built += ext is not None
+        if ext is None or _older(ext, source):
+            bad.append(name)
+    return bad if built else []
 
 
 def install() -> None:
